@@ -1,0 +1,62 @@
+"""`cliplabel` command line: `serve` runs the ML backend."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from backend import __version__
+from backend.config import Settings
+from backend.errors import CliplabelError, SettingsError
+
+logger = logging.getLogger("backend")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from backend.api import create_app
+    from backend.encoder import load_encoder
+    from backend.store import open_store
+
+    # Load the model and open the store before the server starts, so a bad setting is one clear line, not a
+    # failed-lifespan traceback.
+    encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads)
+    store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
+    app = create_app(settings, encoder=encoder, store=store)
+    # access_log off: uvicorn would log every request line; ours log the project and counts without bodies.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower(), access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cliplabel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the Label Studio ML backend (HTTP)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"cliplabel: {exc.detail}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(args, settings)
+    except CliplabelError as exc:
+        logger.error("%s", exc.detail)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

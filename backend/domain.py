@@ -1,0 +1,178 @@
+"""Domain types shared by every layer: frozen dataclasses with their invariants, and the `Encoder` protocol.
+
+Nothing here knows Label Studio's JSON names, HTTP, Redis or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+ControlKind = Literal["choices", "rectanglelabels"]
+
+
+class Encoder(Protocol):
+    """What the services need of a CLIP model; `backend.encoder.ClipEncoder` is the real one."""
+
+    @property
+    def encoder_id(self) -> str:
+        """Stable identity of weights + preprocessing; part of every cached vector's key."""
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the square uint8 input that `encode_images` takes."""
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned softmax temperature (CLIP's `logit_scale.exp()`)."""
+
+    def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """N strings → (N, D) float32, L2-normalised."""
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One label of a control: the value results carry, and the names prompts use for it.
+
+    `value` is what Label Studio stores (a `<Choice alias="…">` replaces the visible value there); `aliases` are the
+    visible value (when an alias hides it) and the `predicted_values`. An alias is an id, not a description, so with
+    `value_in_prompts=False` it is kept out of the prompts.
+    """
+
+    value: str
+    aliases: tuple[str, ...] = ()
+    value_in_prompts: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.value.strip():
+            raise ValueError("a label value must not be empty")
+
+    @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """The label itself plus its `predicted_values` aliases, de-duplicated, in order."""
+        seen: dict[str, None] = {}
+        for name in ((self.value,) if self.value_in_prompts else ()) + self.aliases:
+            name = name.strip()
+            if name and name.lower() not in {k.lower() for k in seen}:
+                seen[name] = None
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A `<Choices>` or `<RectangleLabels>` bound to an `<Image>`."""
+
+    kind: ControlKind
+    from_name: str
+    to_name: str
+    image_key: str
+    classes: tuple[LabelClass, ...]
+    multiple: bool = False
+    score_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ValueError(f"control {self.from_name!r} has no labels")
+        values = [c.value for c in self.classes]
+        if len(set(values)) != len(values):
+            raise ValueError(f"control {self.from_name!r} repeats a label value")
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"control {self.from_name!r}: model_score_threshold must be in [0, 1]")
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(c.value for c in self.classes)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The parts of a Label Studio label config that cliplabel predicts for."""
+
+    controls: tuple[Control, ...]
+    ignored: tuple[str, ...] = ()
+
+    def of_kind(self, kind: ControlKind) -> tuple[Control, ...]:
+        return tuple(c for c in self.controls if c.kind == kind)
+
+
+@dataclass(frozen=True)
+class PromptEnsemble:
+    """The prompts of one class and their weights (uniform until feedback learning re-weights them)."""
+
+    label: str
+    prompts: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError(f"class {self.label!r} has no prompts")
+        if len(self.weights) != len(self.prompts):
+            raise ValueError(f"class {self.label!r}: {len(self.prompts)} prompts but {len(self.weights)} weights")
+        if any(w < 0 or not math.isfinite(w) for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"class {self.label!r}: weights must be finite, non-negative and not all zero")
+
+
+@dataclass(frozen=True)
+class ChoicePrediction:
+    """A classification result for one control of one task."""
+
+    from_name: str
+    to_name: str
+    choices: tuple[str, ...]
+    score: float
+    probabilities: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score} outside [0, 1]")
+
+
+@dataclass(frozen=True)
+class TaskPrediction:
+    """Everything predicted for one task; an empty `choices` means nothing could be predicted."""
+
+    task_id: int | None
+    model_version: str
+    choices: tuple[ChoicePrediction, ...] = ()
+    error: str | None = None
+
+    @property
+    def score(self) -> float:
+        """The prediction's overall score: the mean of its results' scores (0 when there are none)."""
+        scores = [c.score for c in self.choices]
+        return float(sum(scores) / len(scores)) if scores else 0.0
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    """What `/setup` told us about a project: its label config and where its images live."""
+
+    project_id: str
+    label_config: str
+    hostname: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One served model of a project: `<encoder slug>-r<revision>`, monotonic per project and encoder."""
+
+    project_id: str
+    encoder_id: str
+    revision: int
+    name: str
+    created_at: float
+    metrics: dict[str, float] = field(default_factory=dict, compare=False)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.revision < 0:
+            raise ValueError("revision must be non-negative")
+        if not self.name:
+            raise ValueError("a model version needs a name")

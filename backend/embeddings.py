@@ -1,0 +1,97 @@
+"""Cache-through embeddings: an image or prompt is encoded once per encoder, then read from the store."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from backend import images
+from backend.domain import Encoder
+from backend.errors import ImageFetchError
+from backend.metrics import Metrics
+from backend.store import Store
+
+logger = logging.getLogger(__name__)
+IMAGE_NS = "image"
+TEXT_NS = "text"
+
+
+def content_hash(data: bytes) -> str:
+    """The key of an image in every cache: SHA-256 of its encoded bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class EmbeddingService:
+    """Encodes images and texts through the store's cache, in full batches."""
+
+    def __init__(self, encoder: Encoder, store: Store, batch_size: int, max_pixels: int, pool: ThreadPoolExecutor,
+                 metrics: Metrics, resize_mode: images.ResizeMode = "shortest") -> None:
+        self.encoder = encoder
+        self.store = store
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.pool = pool
+        self.metrics = metrics
+        self.resize_mode = resize_mode
+        # Prompt vectors never change for a given encoder, so a process-local copy cannot go stale.
+        self._text_memo: dict[str, np.ndarray] = {}
+        self._text_lock = threading.Lock()
+
+    def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """text → (D,) float32 L2-normalised, encoding only what neither memory nor the store holds."""
+        wanted = list(dict.fromkeys(texts))
+        with self._text_lock:
+            out = {t: self._text_memo[t] for t in wanted if t in self._text_memo}
+        missing = [t for t in wanted if t not in out]
+        if missing:
+            cached = self.store.get_vectors(TEXT_NS, self.encoder.encoder_id, [_text_key(t) for t in missing])
+            to_encode = [t for t, v in zip(missing, cached) if v is None]
+            out.update({t: v for t, v in zip(missing, cached) if v is not None})
+            if to_encode:
+                vecs = self.encoder.encode_texts(to_encode)
+                self.metrics.inc("texts_encoded", len(to_encode))
+                self.store.put_vectors(TEXT_NS, self.encoder.encoder_id,
+                                       {_text_key(t): v for t, v in zip(to_encode, vecs)})
+                out.update(zip(to_encode, vecs))
+            with self._text_lock:
+                self._text_memo.update({t: out[t] for t in missing})
+        return out
+
+    def images(self, blobs: Sequence[bytes]) -> list[np.ndarray | ImageFetchError]:
+        """One (D,) embedding per image, or the decode error for that image; cached by content hash."""
+        hashes = [content_hash(b) for b in blobs]
+        unique = list(dict.fromkeys(hashes))
+        cached = dict(zip(unique, self.store.get_vectors(IMAGE_NS, self.encoder.encoder_id, unique)))
+        misses = [h for h in unique if cached[h] is None]
+        self.metrics.inc("image_cache_hits", len(unique) - len(misses))
+        self.metrics.inc("image_cache_misses", len(misses))
+        results: dict[str, np.ndarray | ImageFetchError] = {h: v for h, v in cached.items() if v is not None}
+        if misses:
+            blob_of = dict(zip(hashes, blobs))
+            prepared = list(self.pool.map(lambda h: self._prepare(blob_of[h]), misses))
+            ok = [(h, p) for h, p in zip(misses, prepared) if not isinstance(p, ImageFetchError)]
+            results.update({h: p for h, p in zip(misses, prepared) if isinstance(p, ImageFetchError)})
+            for i in range(0, len(ok), self.batch_size):
+                chunk = ok[i:i + self.batch_size]
+                vecs = self.encoder.encode_images(np.stack([p for _, p in chunk]))
+                self.metrics.inc("images_encoded", len(chunk))
+                self.store.put_vectors(IMAGE_NS, self.encoder.encoder_id, {h: v for (h, _), v in zip(chunk, vecs)})
+                results.update({h: v for (h, _), v in zip(chunk, vecs)})
+        return [results[h] for h in hashes]
+
+    def _prepare(self, blob: bytes) -> np.ndarray | ImageFetchError:
+        size = self.encoder.image_size
+        try:
+            decoded = images.decode(blob, self.max_pixels, min_side=size)
+            return images.prepare(decoded.image, size, self.resize_mode)
+        except ImageFetchError as exc:
+            return exc

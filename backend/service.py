@@ -1,0 +1,107 @@
+"""The services behind the HTTP edge, built once per process: setup, predict, webhook, versions, health."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from backend import label_config, ls_format, prompts
+from backend.config import Settings
+from backend.domain import Encoder, ProjectState
+from backend.embeddings import EmbeddingService
+from backend.errors import InvalidRequestError
+from backend.fetch import ImageFetcher
+from backend.metrics import Metrics
+from backend.predict import LabelStudioDefaults, Predictor
+from backend.store import Store, open_store
+from backend.versions import current_version
+
+logger = logging.getLogger(__name__)
+DEFAULT_PROJECT = "0"  # for callers that send a label config but no project
+
+
+@dataclass
+class Services:
+    settings: Settings
+    encoder: Encoder
+    store: Store
+    predictor: Predictor
+    metrics: Metrics
+    pool: ThreadPoolExecutor
+    slug: str
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
+                "encoder_id": self.encoder.encoder_id, "store": self.store.kind}
+
+    def setup(self, project: object, schema: str, hostname: str | None, access_token: str | None) -> str:
+        """Validates the label config, remembers the project, and returns its current model version."""
+        pid = ls_format.project_id(project)
+        label_config.parse_label_config(schema)
+        state = ProjectState(project_id=pid, label_config=schema, hostname=hostname or None,
+                             access_token=access_token or None)
+        if self.store.get_project(pid) != state:
+            self.store.put_project(state)
+        version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
+        logger.info("setup project=%s version=%s", pid, version.name)
+        return version.name
+
+    def predict(self, tasks: Sequence[object], project: object | None, schema: str | None,
+                params: dict[str, Any]) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        pid = ls_format.project_id(project) if project is not None else DEFAULT_PROJECT
+        state = self.store.get_project(pid)
+        schema = schema or (state.label_config if state else None)
+        if not schema:
+            raise InvalidRequestError(f"no label config: send label_config or call /setup for project {pid} first")
+        config = label_config.parse_label_config(schema)
+        version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
+        preds = self.predictor.predict(tasks, config, state, version.name)
+        logger.info("predict project=%s tasks=%d version=%s in %.3fs", pid, len(tasks), version.name,
+                    time.perf_counter() - started)
+        return [ls_format.prediction_json(p) for p in preds]
+
+    def webhook(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        # Feedback learning records these events; until then they are acknowledged and counted.
+        self.metrics.inc(f"webhook_{action.lower()}")
+        return {"status": "ok", "action": action}
+
+    def versions(self, project: str | None) -> list[str]:
+        pid = ls_format.project_id(project) if project is not None else DEFAULT_PROJECT
+        current_version(self.store, pid, self.encoder.encoder_id, self.slug)
+        return [v.name for v in self.store.list_versions(pid, self.encoder.encoder_id)]
+
+    def close(self, close_store: bool) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if close_store:
+            self.store.close()
+
+
+def build_services(settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> Services:
+    """Loads the model (unless given), opens the store and wires the services."""
+    if encoder is None:
+        from backend.encoder import load_encoder
+
+        encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads)
+    if store is None:
+        store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
+    store.ping()
+    metrics = Metrics()
+    pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="cliplabel-io")
+    embeddings = EmbeddingService(encoder, store, settings.batch_size, settings.max_image_pixels, pool, metrics,
+                                  resize_mode=getattr(encoder, "resize_mode", "shortest"))
+    fetcher = ImageFetcher(settings.max_image_bytes, settings.fetch_timeout_s, settings.local_files_root,
+                           pool_size=settings.fetch_workers)
+    defaults = LabelStudioDefaults(
+        url=settings.label_studio_url,
+        api_key=settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None,
+        allowed_hosts=settings.allowed_hosts,
+        local_files_root=str(settings.local_files_root) if settings.local_files_root else None)
+    predictor = Predictor(embeddings, fetcher, pool, prompts.load_templates(settings.templates_file), defaults, metrics)
+    slug = getattr(encoder, "slug", "clip")
+    return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics, pool=pool,
+                    slug=slug)

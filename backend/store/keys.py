@@ -1,0 +1,26 @@
+"""Every Redis key cliplabel uses, built here and nowhere else: `<prefix>:<schema>:<kind>:…`."""
+
+from __future__ import annotations
+
+SCHEMA = "v1"
+
+
+class Keys:
+    """Key builder for one deployment (the prefix lets several deployments or test runs share one Redis)."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix or any(c.isspace() for c in prefix):
+            raise ValueError("the Redis key prefix must be a non-empty word")
+        self.base = f"{prefix}:{SCHEMA}"
+
+    def vector(self, namespace: str, encoder_id: str, key: str) -> str:
+        return f"{self.base}:vec:{namespace}:{encoder_id}:{key}"
+
+    def project(self, project_id: str) -> str:
+        return f"{self.base}:project:{project_id}"
+
+    def versions(self, project_id: str, encoder_id: str) -> str:
+        return f"{self.base}:versions:{project_id}:{encoder_id}"
+
+    def all_keys_pattern(self) -> str:
+        return f"{self.base}:*"

@@ -1,0 +1,84 @@
+"""One contract, two real stores: the embedded SQLite file and Redis."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from backend.domain import ModelVersion, ProjectState
+from backend.store import codec
+
+
+def _version(rev: int, project: str = "1", encoder: str = "enc") -> ModelVersion:
+    return ModelVersion(project_id=project, encoder_id=encoder, revision=rev, name=f"m-r{rev}",
+                        created_at=time.time(), metrics={"acc": 0.5 + rev / 10}, note=f"rev {rev}")
+
+
+def test_vectors_round_trip_and_miss(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    store.ping()
+    assert store.get_vectors("image", "enc", []) == []
+    assert store.get_vectors("image", "enc", ["a"]) == [None]
+    a = np.arange(8, dtype=np.float32)
+    store.put_vectors("image", "enc", {"a": a, "b": -a})
+    got = store.get_vectors("image", "enc", ["b", "missing", "a"])
+    np.testing.assert_array_equal(got[0], -a)
+    assert got[1] is None
+    np.testing.assert_array_equal(got[2], a)
+    # namespaces and encoders are separate caches
+    assert store.get_vectors("text", "enc", ["a"]) == [None]
+    assert store.get_vectors("image", "other", ["a"]) == [None]
+
+
+def test_many_vectors_in_one_call(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    items = {f"k{i}": np.full(4, i, np.float32) for i in range(1200)}
+    store.put_vectors("image", "enc", items)
+    got = store.get_vectors("image", "enc", list(items))
+    assert all(v is not None and v[0] == i for i, v in enumerate(got))
+
+
+def test_project_and_versions_survive_a_restart(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    state = ProjectState(project_id="1", label_config="<View/>", hostname="http://ls", access_token="tok")
+    assert store.get_project("1") is None
+    store.put_project(state)
+    assert store.add_version(_version(0))
+    store.put_vectors("image", "enc", {"h": np.ones(3, np.float32)})
+    store.close()
+    again = make_store(store_kind)
+    assert again.get_project("1") == state
+    assert [v.name for v in again.list_versions("1", "enc")] == ["m-r0"]
+    assert again.list_versions("1", "enc")[0].metrics == {"acc": 0.5}
+    np.testing.assert_array_equal(again.get_vectors("image", "enc", ["h"])[0], np.ones(3))
+
+
+def test_versions_are_monotonic_compare_and_append(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    assert not store.add_version(_version(1))  # must start at 0
+    assert store.add_version(_version(0))
+    assert not store.add_version(_version(0))  # another process already added r0
+    assert store.add_version(_version(1))
+    assert not store.add_version(_version(3))  # no gaps
+    assert [v.revision for v in store.list_versions("1", "enc")] == [0, 1]
+    assert store.list_versions("2", "enc") == [] and store.list_versions("1", "other") == []
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[:-1], lambda b: b[:10], lambda b: b"XXXX" + b[4:],
+                                    lambda b: b[:-4] + b"\x00\x00\x80\x7f"])
+def test_codec_detects_corruption(damage) -> None:  # type: ignore[no-untyped-def]
+    blob = codec.pack(np.linspace(0, 1, 16, dtype=np.float32))
+    np.testing.assert_array_equal(codec.unpack(blob), np.linspace(0, 1, 16, dtype=np.float32))
+    assert codec.unpack(damage(blob)) is None
+
+
+def test_a_corrupt_entry_reads_as_a_miss(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    store.put_vectors("image", "enc", {"h": np.ones(4, np.float32)})
+    if store_kind == "redis":
+        store._redis.set(store.keys.vector("image", "enc", "h"), b"garbage")
+    else:
+        store._conn().execute("UPDATE vectors SET data=? WHERE key='h'", (b"garbage",))
+    assert store.get_vectors("image", "enc", ["h"]) == [None]

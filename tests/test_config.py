@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
+from backend.errors import SettingsError
+
+
+def test_defaults_need_no_environment() -> None:
+    s = Settings.from_env({})
+    assert (s.model, s.pretrained, s.device, s.redis_url) == (DEFAULT_MODEL, DEFAULT_PRETRAINED, "auto", None)
+    assert not s.basic_auth_enabled
+
+
+def test_values_are_parsed_and_typed(tmp_path: Path) -> None:
+    s = Settings.from_env({"CLIPLABEL_MODEL": "local-dir:/m", "CLIPLABEL_PRETRAINED": "", "CLIPLABEL_DEVICE": "cpu",
+                           "CLIPLABEL_BATCH_SIZE": "64", "CLIPLABEL_ALLOWED_HOSTS": "Images.example.com, *.cdn.io",
+                           "CLIPLABEL_DATA_DIR": str(tmp_path), "LABEL_STUDIO_URL": "http://ls:8080/",
+                           "LABEL_STUDIO_API_KEY": "secret-token", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"})
+    assert s.pretrained is None and s.batch_size == 64 and s.data_dir == tmp_path
+    assert s.allowed_hosts == ("images.example.com", "*.cdn.io")
+    assert s.label_studio_url == "http://ls:8080"
+    assert s.basic_auth_enabled
+    # secrets never show in the settings' repr
+    assert "secret-token" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"CLIPLABEL_DEVICE": "tpu"}, "CLIPLABEL_DEVICE"),
+        ({"CLIPLABEL_BATCH_SIZE": "many"}, "CLIPLABEL_BATCH_SIZE"),
+        ({"CLIPLABEL_BATCH_SIZE": "0"}, "CLIPLABEL_BATCH_SIZE"),
+        ({"LABEL_STUDIO_URL": "localhost:8080"}, "LABEL_STUDIO_URL"),
+        ({"CLIPLABEL_REDIS_URL": "http://127.0.0.1:6379"}, "CLIPLABEL_REDIS_URL"),
+        ({"CLIPLABEL_TEMPLATES": "/no/such/file"}, "CLIPLABEL_TEMPLATES"),
+        ({"BASIC_AUTH_USER": "u"}, "BASIC_AUTH_USER and BASIC_AUTH_PASS"),
+    ],
+)
+def test_errors_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=names):
+        Settings.from_env(env)
+
+
+def test_an_error_does_not_echo_a_secret() -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"BASIC_AUTH_PASS": "hunter2-secret"})
+    assert "hunter2" not in str(info.value)
