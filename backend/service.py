@@ -11,9 +11,9 @@ from typing import Any
 
 from backend import label_config, ls_format, prompts
 from backend.config import Settings
-from backend.domain import Encoder, ProjectState
+from backend.domain import Encoder, LabelConfig, ProjectState
 from backend.embeddings import EmbeddingService
-from backend.errors import InvalidRequestError
+from backend.errors import CliplabelError, InvalidRequestError
 from backend.fetch import ImageFetcher
 from backend.metrics import Metrics
 from backend.predict import LabelStudioDefaults, Predictor
@@ -41,14 +41,24 @@ class Services:
     def setup(self, project: object, schema: str, hostname: str | None, access_token: str | None) -> str:
         """Validates the label config, remembers the project, and returns its current model version."""
         pid = ls_format.project_id(project)
-        label_config.parse_label_config(schema)
+        config = label_config.parse_label_config(schema)
         state = ProjectState(project_id=pid, label_config=schema, hostname=hostname or None,
                              access_token=access_token or None)
         if self.store.get_project(pid) != state:
             self.store.put_project(state)
         version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
+        # Encoding a few hundred prompts takes seconds with a large model, more than /setup's 3 s budget: do it in
+        # the background so the first /predict finds the class vectors ready.
+        self.pool.submit(self._warm_class_vectors, pid, config)
         logger.info("setup project=%s version=%s", pid, version.name)
         return version.name
+
+    def _warm_class_vectors(self, pid: str, config: LabelConfig) -> None:
+        try:
+            for control in config.of_kind("choices"):
+                self.predictor.class_vectors(control)
+        except CliplabelError as exc:
+            logger.warning("project=%s: could not prepare prompt vectors: %s", pid, exc.detail)
 
     def predict(self, tasks: Sequence[object], project: object | None, schema: str | None,
                 params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -260,3 +260,18 @@ def test_data_uri_and_local_files_root(serve, make_store, image_host, http, tmp_
     assert [r["result"][0]["value"]["choices"] if r["result"] else None for r in results] == [
         [truth], [truth], None, None]
     assert not image_host.requests_seen  # nothing went over HTTP
+
+
+def test_setup_prepares_prompt_vectors_in_the_background(serve, make_store, image_host, http) -> None:  # type: ignore[no-untyped-def]
+    live = serve(make_store("embedded"))
+    _setup(http, live.url, image_host.url)
+    n_prompts = len(CLASSES) * 16  # 24 classes × the 16 default templates
+    deadline = time.monotonic() + 30
+    while _metrics(http, live.url).get("texts_encoded", 0) < n_prompts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metrics(http, live.url)["texts_encoded"] == n_prompts
+    (png, truth), = _objects(1, seed=4)
+    tasks = [{"id": 1, "data": {"image": image_host.add("/data/upload/w.png", png)}}]
+    res = http.post(f"{live.url}/predict", json={"tasks": tasks, "project": "1.1"}).json()["results"]
+    assert res[0]["result"][0]["value"]["choices"] == [truth]
+    assert _metrics(http, live.url)["texts_encoded"] == n_prompts  # nothing encoded twice
