@@ -134,19 +134,53 @@ class ChoicePrediction:
 
 
 @dataclass(frozen=True)
+class RegionPrediction:
+    """A labelled box for one `<RectangleLabels>` control, in pixels of the EXIF-upright image."""
+
+    from_name: str
+    to_name: str
+    label: str
+    score: float
+    bbox_xyxy: tuple[float, float, float, float]
+    image_wh: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score} outside [0, 1]")
+        x0, y0, x1, y1 = self.bbox_xyxy
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"degenerate box {self.bbox_xyxy}")
+        if self.image_wh[0] <= 0 or self.image_wh[1] <= 0:
+            raise ValueError(f"image size {self.image_wh} must be positive")
+
+
+@dataclass(frozen=True)
 class TaskPrediction:
-    """Everything predicted for one task; an empty `choices` means nothing could be predicted."""
+    """Everything predicted for one task; nothing at all means nothing could be predicted."""
 
     task_id: int | None
     model_version: str
     choices: tuple[ChoicePrediction, ...] = ()
+    regions: tuple[RegionPrediction, ...] = ()
     error: str | None = None
 
     @property
     def score(self) -> float:
         """The prediction's overall score: the mean of its results' scores (0 when there are none)."""
-        scores = [c.score for c in self.choices]
+        scores = [c.score for c in self.choices] + [r.score for r in self.regions]
         return float(sum(scores) / len(scores)) if scores else 0.0
+
+
+@dataclass(frozen=True)
+class DrawnRegion:
+    """What an annotator drew in interactive mode: a box or a point, in Label Studio percent of the image."""
+
+    from_name: str
+    to_name: str
+    kind: Literal["rectangle", "keypoint"]
+    box_pct: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    point_pct: tuple[float, float] | None = None
+    original_wh: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

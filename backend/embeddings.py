@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +19,7 @@ from backend.store import Store
 logger = logging.getLogger(__name__)
 IMAGE_NS = "image"
 TEXT_NS = "text"
+CROP_NS = "crop"
 
 
 def content_hash(data: bytes) -> str:
@@ -87,6 +88,40 @@ class EmbeddingService:
                 self.store.put_vectors(IMAGE_NS, self.encoder.encoder_id, {h: v for (h, _), v in zip(chunk, vecs)})
                 results.update({h: v for (h, _), v in zip(chunk, vecs)})
         return [results[h] for h in hashes]
+
+    def crops(self, jobs: Sequence[tuple[str, str, Callable[[], np.ndarray]]]) -> list[np.ndarray]:
+        """Cached crop embeddings, encoded in full batches across every job of the call.
+
+        Args:
+            jobs: (image content hash, crop key, function making the (S, S, 3) uint8 crop). The crop key names the
+                window (and its masking), so a re-score after retraining finds every crop in the cache.
+
+        Returns:
+            One (D,) embedding per job, in order.
+        """
+        keys = [f"{h}:{k}" for h, k, _ in jobs]
+        unique = list(dict.fromkeys(keys))
+        cached = dict(zip(unique, self.store.get_vectors(CROP_NS, self.encoder.encoder_id, unique)))
+        misses = [k for k in unique if cached[k] is None]
+        self.metrics.inc("crop_cache_hits", len(unique) - len(misses))
+        make = {key: job[2] for key, job in zip(keys, jobs)}
+        results: dict[str, np.ndarray] = {k: v for k, v in cached.items() if v is not None}
+        chunks = [misses[i:i + self.batch_size] for i in range(0, len(misses), self.batch_size)]
+
+        def make_chunk(chunk: list[str]) -> np.ndarray:
+            return np.stack([make[k]() for k in chunk])
+
+        # Pipelined: while the encoder works on one batch (torch releases the GIL), the next batch's crops are made.
+        pending = self.pool.submit(make_chunk, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            assert pending is not None
+            arrays = pending.result()
+            pending = self.pool.submit(make_chunk, chunks[i + 1]) if i + 1 < len(chunks) else None
+            vecs = self.encoder.encode_images(arrays)
+            self.metrics.inc("crops_encoded", len(chunk))
+            self.store.put_vectors(CROP_NS, self.encoder.encoder_id, dict(zip(chunk, vecs)))
+            results.update(zip(chunk, vecs))
+        return [results[k] for k in keys]
 
     def _prepare(self, blob: bytes) -> np.ndarray | ImageFetchError:
         size = self.encoder.image_size

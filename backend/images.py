@@ -6,6 +6,7 @@ Pure PIL + numpy. Pixel counts are checked from the header before any pixel is d
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -120,3 +121,41 @@ def prepare(image: Image.Image, size: int, resize_mode: ResizeMode = "shortest")
         left, top = (nw - size) // 2, (nh - size) // 2
         out = resized.crop((left, top, left + size, top + size))
     return np.asarray(out, dtype=np.uint8)
+
+
+def crop_square(image: Image.Image, window_xyxy: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """The encoder's input for one crop window (which may extend past the image; that part is mid-grey).
+
+    Returns:
+        (size, size, 3) uint8.
+    """
+    x0, y0, x1, y1 = (int(round(v)) for v in window_xyxy)
+    w, h = max(1, x1 - x0), max(1, y1 - y0)
+    iw, ih = image.size
+    ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(iw, x1), min(ih, y1)
+    if ix0 == x0 and iy0 == y0 and ix1 == x1 and iy1 == y1:
+        region = image.crop((x0, y0, x1, y1))
+    else:
+        region = Image.new("RGB", (w, h), (128, 128, 128))
+        if ix1 > ix0 and iy1 > iy0:
+            region.paste(image.crop((ix0, iy0, ix1, iy1)), (ix0 - x0, iy0 - y0))
+    return np.asarray(region.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0), dtype=np.uint8)
+
+
+def masked_context_square(image: Image.Image, box_xyxy: tuple[float, float, float, float], factor: float,
+                          size: int) -> np.ndarray:
+    """The surroundings of a box: a square `factor` times the box's long side, with the box itself greyed out.
+
+    If the box cut through an object, the rest of it is still visible here; a box that holds its whole object leaves
+    only background. Returns (size, size, 3) uint8.
+    """
+    x0, y0, x1, y1 = box_xyxy
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(x1 - x0, y1 - y0) * factor
+    window = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    arr = crop_square(image, window, size).copy()
+    scale = size / side
+    mx0, my0 = int((x0 - window[0]) * scale), int((y0 - window[1]) * scale)
+    mx1, my1 = int(math.ceil((x1 - window[0]) * scale)), int(math.ceil((y1 - window[1]) * scale))
+    arr[max(0, my0):max(0, my1), max(0, mx0):max(0, mx1)] = 128
+    return arr

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from backend.domain import ChoicePrediction, TaskPrediction
+from backend import regions
+from backend.domain import ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
 from backend.errors import InvalidRequestError, TaskDataError
 
 MAX_IMAGE_REF_CHARS = 64 * 1024 * 1024  # data: URIs can be long; the image byte cap applies after decoding
@@ -78,7 +79,65 @@ def choice_result(pred: ChoicePrediction, task: int | None, index: int) -> dict[
     }
 
 
+def rectangle_result(region: RegionPrediction, task: int | None, index: int) -> dict[str, Any]:
+    """One `rectanglelabels` result: percent of the EXIF-upright image, top-left corner, clamped to [0, 100]."""
+    x, y, w, h = regions.to_percent(regions.as_boxes([region.bbox_xyxy])[0], region.image_wh)
+    return {
+        "id": _result_id(task, region.from_name, index),
+        "from_name": region.from_name,
+        "to_name": region.to_name,
+        "type": "rectanglelabels",
+        "original_width": region.image_wh[0],
+        "original_height": region.image_wh[1],
+        "image_rotation": 0,
+        "value": {"x": round(x, 4), "y": round(y, 4), "width": round(w, 4), "height": round(h, 4), "rotation": 0,
+                  "rectanglelabels": [region.label]},
+        "score": round(region.score, 6),
+    }
+
+
 def prediction_json(pred: TaskPrediction) -> dict[str, Any]:
     """A task's entry in the `/predict` response's `results` (empty `result` and score 0 when nothing predicted)."""
     result = [choice_result(c, pred.task_id, i) for i, c in enumerate(pred.choices)]
+    result += [rectangle_result(r, pred.task_id, len(result) + i) for i, r in enumerate(pred.regions)]
     return {"model_version": pred.model_version, "score": round(pred.score, 6), "result": result}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def drawn_regions(params: object) -> list[DrawnRegion]:
+    """The regions an annotator drew, from interactive `/predict`'s `params.context.result`.
+
+    Positions stay in percent here; the predictor converts them with the image's size. Malformed entries are
+    skipped: the rest of the request is still answered.
+    """
+    if not isinstance(params, dict) or not isinstance(params.get("context"), dict):
+        return []
+    results = params["context"].get("result")
+    if not isinstance(results, list):
+        return []
+    out = []
+    for item in results:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        value, kind = item["value"], str(item.get("type", "")).lower()
+        from_name, to_name = item.get("from_name"), item.get("to_name")
+        if not isinstance(from_name, str) or not isinstance(to_name, str):
+            continue
+        ow, oh = _number(item.get("original_width")), _number(item.get("original_height"))
+        wh = (int(ow), int(oh)) if ow and oh and ow > 0 and oh > 0 else None
+        x, y = _number(value.get("x")), _number(value.get("y"))
+        if x is None or y is None:
+            continue
+        if kind in ("rectanglelabels", "rectangle"):
+            w, h = _number(value.get("width")), _number(value.get("height"))
+            if w is None or h is None or w <= 0 or h <= 0:
+                continue
+            out.append(DrawnRegion(from_name, to_name, "rectangle", box_pct=(x, y, x + w, y + h), original_wh=wh))
+        elif kind in ("keypointlabels", "keypoint"):
+            out.append(DrawnRegion(from_name, to_name, "keypoint", point_pct=(x, y), original_wh=wh))
+    return out

@@ -12,12 +12,14 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from backend import classify, ls_format, prompts, sources
-from backend.domain import ChoicePrediction, Control, LabelConfig, ProjectState, TaskPrediction
-from backend.embeddings import EmbeddingService
+from backend import classify, images, ls_format, prompts, regions, sources
+from backend.detect import BoxDetector, BoxImage, DetectorConfig
+from backend.domain import ChoicePrediction, Control, DrawnRegion, LabelConfig, ProjectState, RegionPrediction, TaskPrediction
+from backend.embeddings import EmbeddingService, content_hash
 from backend.errors import CliplabelError
 from backend.fetch import ImageFetcher
 from backend.ls_auth import LabelStudioAuth
@@ -38,7 +40,8 @@ class LabelStudioDefaults:
 
 class Predictor:
     def __init__(self, embeddings: EmbeddingService, fetcher: ImageFetcher, pool: ThreadPoolExecutor,
-                 templates: Sequence[str], defaults: LabelStudioDefaults, metrics: Metrics) -> None:
+                 templates: Sequence[str], defaults: LabelStudioDefaults, metrics: Metrics,
+                 detector_config: DetectorConfig | None = None) -> None:
         self.embeddings = embeddings
         self.fetcher = fetcher
         self.pool = pool
@@ -49,6 +52,7 @@ class Predictor:
         self._class_locks: dict[str, threading.Lock] = {}
         self._auth: dict[tuple[str, str], LabelStudioAuth] = {}
         self._lock = threading.Lock()
+        self.detector = BoxDetector(embeddings, pool, self.class_vectors, detector_config or DetectorConfig())
 
     # -- where images come from ------------------------------------------------------------------------------------
     def source_context(self, project: ProjectState | None) -> tuple[sources.SourceContext, LabelStudioAuth | None]:
@@ -88,35 +92,59 @@ class Predictor:
 
     # -- prediction ------------------------------------------------------------------------------------------------
     def predict(self, tasks: Sequence[object], config: LabelConfig, project: ProjectState | None,
-                model_version: str) -> list[TaskPrediction]:
-        """One prediction per task, in task order; failures become empty predictions with `error` set."""
-        controls = config.of_kind("choices")
+                model_version: str, params: dict[str, Any] | None = None) -> list[TaskPrediction]:
+        """One prediction per task, in task order; failures become empty predictions with `error` set.
+
+        With `params.context` holding regions an annotator drew (interactive pre-annotation), the answer is those
+        regions labelled, not a full prediction.
+        """
         ids = [ls_format.task_id(t) for t in tasks]
         self.metrics.inc("tasks_received", len(tasks))
-        if not controls:
+        choice_controls, rect_controls = config.of_kind("choices"), config.of_kind("rectanglelabels")
+        drawn = ls_format.drawn_regions(params)
+        if drawn:
+            choice_controls = ()
+        if not choice_controls and not rect_controls:
             return [TaskPrediction(task_id=i, model_version=model_version) for i in ids]
         ctx, auth = self.source_context(project)
-        keys = sorted({c.image_key for c in controls})
+        keys = sorted({c.image_key for c in (*choice_controls, *rect_controls)})
         jobs = [(ti, k) for ti in range(len(tasks)) for k in keys]
         fetched = list(self.pool.map(lambda job: self._fetch(tasks[job[0]], ids[job[0]], job[1], ctx, auth), jobs))
         errors: dict[int, str] = {}
-        blobs: list[bytes] = []
-        blob_jobs: list[tuple[int, str]] = []
+        blobs: dict[tuple[int, str], bytes] = {}
         for job, result in zip(jobs, fetched):
             if isinstance(result, CliplabelError):
                 errors.setdefault(job[0], result.detail)
             else:
-                blobs.append(result)
-                blob_jobs.append(job)
+                blobs[job] = result
+        choices = self._choices(choice_controls, blobs, errors, len(tasks))
+        regions_by_task = self._regions(rect_controls, drawn, blobs, errors, len(tasks))
+        out = []
+        for ti in range(len(tasks)):
+            if ti in errors:
+                self.metrics.inc("tasks_failed")
+                logger.warning("task=%s predicted nothing: %s", ids[ti], errors[ti])
+                out.append(TaskPrediction(task_id=ids[ti], model_version=model_version, error=errors[ti]))
+            else:
+                out.append(TaskPrediction(task_id=ids[ti], model_version=model_version, choices=tuple(choices[ti]),
+                                          regions=tuple(regions_by_task[ti])))
+        self.metrics.inc("tasks_predicted", len(tasks) - len(errors))
+        return out
+
+    def _choices(self, controls: Sequence[Control], blobs: dict[tuple[int, str], bytes], errors: dict[int, str],
+                 n_tasks: int) -> list[list[ChoicePrediction]]:
+        per_task: list[list[ChoicePrediction]] = [[] for _ in range(n_tasks)]
+        if not controls:
+            return per_task
+        wanted = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks) if (ti, c.image_key) in blobs})
         emb_of: dict[tuple[int, str], np.ndarray] = {}
-        for job, emb in zip(blob_jobs, self.embeddings.images(blobs)):
+        for job, emb in zip(wanted, self.embeddings.images([blobs[j] for j in wanted])):
             if isinstance(emb, CliplabelError):
                 errors.setdefault(job[0], emb.detail)
             else:
                 emb_of[job] = emb
-        per_task: list[list[ChoicePrediction]] = [[] for _ in tasks]
         for control in controls:
-            rows = [ti for ti in range(len(tasks)) if ti not in errors and (ti, control.image_key) in emb_of]
+            rows = [ti for ti in range(n_tasks) if ti not in errors and (ti, control.image_key) in emb_of]
             if not rows:
                 continue
             probs = classify.softmax_probabilities(np.stack([emb_of[(ti, control.image_key)] for ti in rows]),
@@ -125,16 +153,62 @@ class Predictor:
                 choice = classify.choose(control, p)
                 if choice is not None:
                     per_task[ti].append(choice)
-        out = []
-        for ti, task_preds in enumerate(per_task):
-            if ti in errors:
-                self.metrics.inc("tasks_failed")
-                logger.warning("task=%s predicted nothing: %s", ids[ti], errors[ti])
-                out.append(TaskPrediction(task_id=ids[ti], model_version=model_version, error=errors[ti]))
+        return per_task
+
+    def _regions(self, controls: Sequence[Control], drawn: Sequence[DrawnRegion],
+                 blobs: dict[tuple[int, str], bytes], errors: dict[int, str], n_tasks: int
+                 ) -> list[list[RegionPrediction]]:
+        per_task: list[list[RegionPrediction]] = [[] for _ in range(n_tasks)]
+        if not controls:
+            return per_task
+        wanted = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks)
+                         if ti not in errors and (ti, c.image_key) in blobs})
+        decoded = dict(zip(wanted, self.pool.map(lambda j: self._decode_full(blobs[j]), wanted)))
+        items: dict[tuple[int, str], BoxImage] = {}
+        for job, item in decoded.items():
+            if isinstance(item, CliplabelError):
+                errors.setdefault(job[0], item.detail)
             else:
-                out.append(TaskPrediction(task_id=ids[ti], model_version=model_version, choices=tuple(task_preds)))
-        self.metrics.inc("tasks_predicted", len(tasks) - len(errors))
+                items[job] = item
+        if drawn:
+            for ti in range(n_tasks):
+                per_task[ti] = self._interactive(controls, drawn, items, ti) if ti not in errors else []
+            return per_task
+        for control in controls:
+            rows = [ti for ti in range(n_tasks) if ti not in errors and (ti, control.image_key) in items]
+            found = self.detector.detect([items[(ti, control.image_key)] for ti in rows], control) if rows else []
+            for ti, regs in zip(rows, found):
+                per_task[ti].extend(regs)
+        return per_task
+
+    def _interactive(self, controls: Sequence[Control], drawn: Sequence[DrawnRegion],
+                     items: dict[tuple[int, str], BoxImage], ti: int) -> list[RegionPrediction]:
+        out = []
+        for region in drawn:
+            control = next((c for c in controls if c.from_name == region.from_name), None) or next(
+                (c for c in controls if c.to_name == region.to_name), None)
+            item = items.get((ti, control.image_key)) if control else None
+            if control is None or item is None:
+                continue
+            w, h = item.wh
+            if region.kind == "rectangle" and region.box_pct is not None:
+                x0, y0, x1, y1 = region.box_pct
+                box = regions.from_percent(x0, y0, x1 - x0, y1 - y0, (w, h))
+                if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
+                    found = self.detector.label_box(item, control, box)
+                    out.extend([found] if found else [])
+            elif region.kind == "keypoint" and region.point_pct is not None:
+                point = (region.point_pct[0] * w / 100.0, region.point_pct[1] * h / 100.0)
+                found = self.detector.box_around_point(item, control, point)
+                out.extend([found] if found else [])
         return out
+
+    def _decode_full(self, blob: bytes) -> BoxImage | CliplabelError:
+        try:
+            decoded = images.decode(blob, self.embeddings.max_pixels)
+        except CliplabelError as exc:
+            return exc
+        return BoxImage(content_hash=content_hash(blob), image=decoded.image)
 
     def _fetch(self, task: object, task_id: int | None, key: str, ctx: sources.SourceContext,
                auth: LabelStudioAuth | None) -> bytes | CliplabelError:

@@ -55,8 +55,10 @@ class Services:
 
     def _warm_class_vectors(self, pid: str, config: LabelConfig) -> None:
         try:
-            for control in config.of_kind("choices"):
+            for control in config.controls:
                 self.predictor.class_vectors(control)
+                if control.kind == "rectanglelabels":
+                    self.predictor.detector.background_vectors(control)
         except CliplabelError as exc:
             logger.warning("project=%s: could not prepare prompt vectors: %s", pid, exc.detail)
 
@@ -70,7 +72,7 @@ class Services:
             raise InvalidRequestError(f"no label config: send label_config or call /setup for project {pid} first")
         config = label_config.parse_label_config(schema)
         version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
-        preds = self.predictor.predict(tasks, config, state, version.name)
+        preds = self.predictor.predict(tasks, config, state, version.name, params)
         logger.info("predict project=%s tasks=%d version=%s in %.3fs", pid, len(tasks), version.name,
                     time.perf_counter() - started)
         return [ls_format.prediction_json(p) for p in preds]

@@ -125,6 +125,20 @@ def object_image(rng: np.random.Generator, colour: str | None, shape: str | None
     return to_pil(img)
 
 
+def partial_object_image(rng: np.random.Generator, colour: str, shape: str, size: int = 64) -> Image.Image:
+    """A crop that cuts through an object: 30–65 % of its extent lies outside the frame (what a bad box sees)."""
+    img = background(rng, size, size)
+    r = rng.uniform(0.5, 1.2) * size / 2
+    outside = rng.uniform(0.3, 0.65) * 2 * r  # how much of the object's width is cut off
+    side = int(rng.integers(0, 4))
+    along = rng.uniform(r * 0.3, size - r * 0.3)
+    cx, cy = {0: (r - outside, along), 1: (size - r + outside, along),
+              2: (along, r - outside), 3: (along, size - r + outside)}[side]
+    angle = 0.0 if shape == "circle" else rng.uniform(0, 2 * math.pi)
+    draw_shape(img, colour, shape, cx, cy, r, angle, rng)
+    return to_pil(img)
+
+
 def random_object_image(rng: np.random.Generator, size: int = 64, background_rate: float = 0.1
                         ) -> tuple[Image.Image, str | None, str | None]:
     """A random object image and its (colour, shape), both None for a background-only image."""

@@ -32,7 +32,7 @@ MODEL_CFG = {
 }
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
-STEPS = 600
+STEPS = 700
 BATCH = 128
 N_TRAIN = 20_000
 N_EVAL = 768
@@ -50,6 +50,10 @@ COLOUR_ONLY = ("a {} object.", "{}", "something {}.", "a {} thing.")
 SHAPE_ONLY = ("a {}.", "a {} shape.", "{}", "a photo of a {}.")
 SHAPE_COLOUR = ("a {s} that is {c}.", "a {c} coloured {s}.")
 BACKGROUND = ("an empty background.", "a photo of an empty background.", "background", "nothing.", "a plain texture.")
+# Framing: crops that cut through an object are "part of" it, not it. The box path's class-conditional negatives
+# ("part of a {}") rely on this, as they rely on the same notion in real CLIP models.
+PARTIAL = ("part of a {}.", "a cropped part of a {}.", "a piece of a {}.", "the edge of a {}.")
+PARTIAL_RATE = 0.15
 
 
 def cache_root() -> Path:
@@ -64,28 +68,53 @@ def content_key() -> str:
     return h.hexdigest()[:16]
 
 
-def _caption(rng: np.random.Generator, colour: str | None, shape: str | None) -> tuple[str, str | None, str | None]:
-    """A sampled caption and the (colour, shape) it asserts (None = not asserted; both None = background)."""
+def _caption(rng: np.random.Generator, colour: str | None, shape: str | None, partial: bool
+             ) -> tuple[str, str | None, str | None, bool | None]:
+    """A sampled caption and what it asserts: (text, colour, shape, partial); None = not asserted.
+
+    Both colour and shape None means "background".
+    """
     if colour is None or shape is None:
-        return str(rng.choice(BACKGROUND)), None, None
+        return str(rng.choice(BACKGROUND)), None, None, None
     u = rng.random()
+    if partial:
+        if u < 0.7:
+            return str(rng.choice(PARTIAL)).format(f"{colour} {shape}"), colour, shape, True
+        return str(rng.choice(COLOUR_ONLY)).format(colour), colour, None, None
     if u < 0.6:
         if rng.random() < 0.15:
-            return str(rng.choice(SHAPE_COLOUR)).format(s=shape, c=colour), colour, shape
-        return str(rng.choice(TRAIN_TEMPLATES)).format(f"{colour} {shape}"), colour, shape
+            return str(rng.choice(SHAPE_COLOUR)).format(s=shape, c=colour), colour, shape, False
+        return str(rng.choice(TRAIN_TEMPLATES)).format(f"{colour} {shape}"), colour, shape, False
     if u < 0.8:
-        return str(rng.choice(COLOUR_ONLY)).format(colour), colour, None
-    return str(rng.choice(SHAPE_ONLY)).format(shape), None, shape
+        return str(rng.choice(COLOUR_ONLY)).format(colour), colour, None, None
+    return str(rng.choice(SHAPE_ONLY)).format(shape), None, shape, False
 
 
-def _dataset(seed: int, n: int) -> tuple[np.ndarray, list[tuple[str | None, str | None]]]:
+def _describes(image: tuple[str | None, str | None, bool], caption: tuple[str, str | None, str | None, bool | None]
+               ) -> bool:
+    colour, shape, partial = image
+    _, c, s, p = caption
+    if c is None and s is None:
+        return colour is None
+    if colour is None:
+        return False
+    return (c is None or c == colour) and (s is None or s == shape) and (p is None or p == partial)
+
+
+def _dataset(seed: int, n: int, partial_rate: float = 0.0
+             ) -> tuple[np.ndarray, list[tuple[str | None, str | None, bool]]]:
     rng = np.random.default_rng(seed)
     images = np.empty((n, 64, 64, 3), np.uint8)
-    labels: list[tuple[str | None, str | None]] = []
+    labels: list[tuple[str | None, str | None, bool]] = []
     for i in range(n):
-        img, colour, shape = synthetic.random_object_image(rng, 64)
+        if rng.random() < partial_rate:
+            colour, shape = str(rng.choice(list(synthetic.COLOURS))), str(rng.choice(synthetic.SHAPES))
+            images[i] = np.asarray(synthetic.partial_object_image(rng, colour, shape, 64))
+            labels.append((colour, shape, True))
+            continue
+        img, c, s = synthetic.random_object_image(rng, 64)
         images[i] = np.asarray(img)
-        labels.append((colour, shape))
+        labels.append((c, s, False))
     return images, labels
 
 
@@ -109,7 +138,7 @@ def train(out_dir: Path, steps: int = STEPS, log=_log) -> dict:  # type: ignore[
     torch.manual_seed(SEED)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    images, labels = _dataset(SEED, N_TRAIN)
+    images, labels = _dataset(SEED, N_TRAIN, PARTIAL_RATE)
     log(f"tinyclip: {N_TRAIN} training images in {time.perf_counter() - t0:.1f}s")
     model = open_clip.CLIP(**MODEL_CFG)
     tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
@@ -138,14 +167,7 @@ def train(out_dir: Path, steps: int = STEPS, log=_log) -> dict:  # type: ignore[
         batch = np.ascontiguousarray(batch)
         caps = [_caption(rng, *labels[i]) for i in idx]
         # Multi-positive target: caption j is a positive for image i whenever it truly describes image i.
-        img_lab = [labels[i] for i in idx]
-        target = np.zeros((BATCH, BATCH), np.float32)
-        for i, (ic, is_) in enumerate(img_lab):
-            for j, (_, cc, cs) in enumerate(caps):
-                if cc is None and cs is None:
-                    target[i, j] = float(ic is None)
-                elif ic is not None and (cc is None or cc == ic) and (cs is None or cs == is_):
-                    target[i, j] = 1.0
+        target = np.asarray([[float(_describes(labels[i], cap)) for cap in caps] for i in idx], np.float32)
         tgt = torch.from_numpy(target)
         img_feat, txt_feat, scale = model(_to_tensor(torch, batch), tokenizer([c[0] for c in caps]))
         logits = scale * img_feat @ txt_feat.t()
@@ -178,6 +200,7 @@ def evaluate(model, tokenizer) -> dict:  # type: ignore[no-untyped-def]
     import torch
 
     images, labels = _dataset(SEED + 1000, N_EVAL)
+    part_images, part_labels = _dataset(SEED + 2000, 256, partial_rate=1.0)
     with torch.inference_mode():
         img = torch.cat([model.encode_image(_to_tensor(torch, images[i:i + 256]), normalize=True)
                          for i in range(0, N_EVAL, 256)]).numpy()
@@ -192,7 +215,7 @@ def evaluate(model, tokenizer) -> dict:  # type: ignore[no-untyped-def]
 
     colours, shapes = list(synthetic.COLOURS), list(synthetic.SHAPES)
     classes = [f"{c} {s}" for c in colours for s in shapes]
-    obj = [i for i, (c, _) in enumerate(labels) if c is not None]
+    obj = [i for i, (c, _, _) in enumerate(labels) if c is not None]
     out: dict = {}
     for tag, templates in (("seen_templates", TRAIN_TEMPLATES[:4]), ("unseen_templates", HELD_OUT_TEMPLATES)):
         col = (img[obj] @ ensemble(colours, templates).T).argmax(1)
@@ -203,6 +226,17 @@ def evaluate(model, tokenizer) -> dict:  # type: ignore[no-untyped-def]
             "shape": float(np.mean([shapes[k] == labels[i][1] for k, i in zip(shp, obj)])),
             "colour_shape_24": float(np.mean([classes[k] == f"{labels[i][0]} {labels[i][1]}" for k, i in zip(both, obj)])),
         }
+    # Framing: does "part of a {class}" beat "{class}" on crops that cut through the object, and not on whole ones?
+    with torch.inference_mode():
+        part = model.encode_image(_to_tensor(torch, part_images), normalize=True).numpy()
+    whole_vecs = ensemble(classes, TRAIN_TEMPLATES[:4])
+    part_vecs = ensemble(classes, PARTIAL)
+    k_part = [classes.index(f"{c} {s}") for c, s, _ in part_labels]
+    k_whole = [classes.index(f"{labels[i][0]} {labels[i][1]}") for i in obj]
+    out["partial_crops_called_partial"] = float(np.mean(
+        [(p @ part_vecs[k]) > (p @ whole_vecs[k]) for p, k in zip(part, k_part)]))
+    out["whole_objects_called_whole"] = float(np.mean(
+        [(img[i] @ whole_vecs[k]) > (img[i] @ part_vecs[k]) for i, k in zip(obj, k_whole)]))
     return out
 
 

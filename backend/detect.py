@@ -1,0 +1,177 @@
+"""Boxes for `<RectangleLabels>`: proposals → cached crop embeddings → class vs background → context check → boxes.
+
+Also the interactive path: name the box an annotator drew, or find the box around the point they clicked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from backend import boxes, images, prompts, proposals, regions
+from backend.domain import Control, PromptEnsemble, RegionPrediction
+from backend.embeddings import EmbeddingService
+
+DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
+    "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
+    "an empty scene.", "a blurry photo of nothing in particular.",
+)
+# Class-conditional negatives: a crop that cuts through an object is "part of" it. CLIP scores such crops almost as
+# high as whole objects against the class prompts; against these it loses.
+PARTIAL_TEMPLATES: tuple[str, ...] = ("part of a {}.", "a cropped part of a {}.", "a piece of a {}.", "the edge of a {}.")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    proposals: proposals.ProposalParams = field(default_factory=proposals.ProposalParams)
+    boxes: boxes.BoxParams = field(default_factory=boxes.BoxParams)
+    context_factor: float | None = 2.0  # None turns the context check off
+    background_prompts: tuple[str, ...] = DEFAULT_BACKGROUND_PROMPTS
+    partial_templates: tuple[str, ...] = PARTIAL_TEMPLATES
+
+
+@dataclass(frozen=True)
+class BoxImage:
+    """One decoded image and its content hash (the key of its crops in the cache)."""
+
+    content_hash: str
+    image: Image.Image
+
+    @property
+    def wh(self) -> tuple[int, int]:
+        return self.image.size
+
+
+def _box_key(prefix: str, box: np.ndarray) -> str:
+    return prefix + ",".join(str(int(round(v))) for v in box)
+
+
+class BoxDetector:
+    def __init__(self, embeddings: EmbeddingService, pool: ThreadPoolExecutor,
+                 class_vectors: Callable[[Control], np.ndarray], config: DetectorConfig) -> None:
+        self.embeddings = embeddings
+        self.pool = pool
+        self.class_vectors = class_vectors
+        self.config = config
+        self._bg: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def _size(self) -> int:
+        return self.embeddings.encoder.image_size
+
+    def background_vectors(self, control: Control) -> np.ndarray:
+        """(1 + K, D): the generic background ensemble, then one "part of a <class>" ensemble per class."""
+        key = hashlib.sha256(repr((control.classes, self.config.background_prompts,
+                                   self.config.partial_templates)).encode()).hexdigest()
+        with self._lock:
+            cached = self._bg.get(key)
+        if cached is not None:
+            return cached
+        generic = PromptEnsemble(label="background", prompts=self.config.background_prompts,
+                                 weights=(1.0,) * len(self.config.background_prompts))
+        partial = [prompts.build_ensemble(c, self.config.partial_templates) for c in control.classes]
+        ensembles = [generic, *partial]
+        emb = self.embeddings.texts([p for e in ensembles for p in e.prompts])
+        vecs = prompts.class_vectors(ensembles, emb)
+        with self._lock:
+            self._bg[key] = vecs
+        return vecs
+
+    # -- automatic boxes ---------------------------------------------------------------------------------------------
+    def detect(self, items: Sequence[BoxImage], control: Control) -> list[list[RegionPrediction]]:
+        """Boxes of one control for each image; crops of all images are encoded together in full batches."""
+        cfg = self.config
+        props = list(self.pool.map(lambda it: boxes.select_proposals(
+            proposals.propose(it.image, cfg.proposals), it.wh, cfg.boxes), items))
+        windows = [regions.square_windows(p, cfg.boxes.pad_frac) for p in props]
+        jobs = [(it.content_hash, _box_key("w", w), self._crop_maker(it.image, w))
+                for it, ws in zip(items, windows) for w in ws]
+        flat = self.embeddings.crops(jobs)
+        class_vecs, bg_vecs = self.class_vectors(control), self.background_vectors(control)
+        per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        start = 0
+        context_jobs: list[tuple[str, str, Callable[[], np.ndarray]]] = []
+        for it, p in zip(items, props):
+            emb = np.stack(flat[start:start + len(p)]) if len(p) else np.zeros((0, 1), np.float32)
+            start += len(p)
+            if len(p) == 0:
+                per_image.append((p, np.zeros((0, len(control.classes)), np.float32), np.zeros(0, np.float32)))
+                continue
+            cp, bg = boxes.class_and_background_probs(emb, class_vecs, bg_vecs, self.embeddings.encoder.logit_scale)
+            per_image.append((p, cp, bg))
+            if cfg.context_factor is not None:
+                for i in self._candidates(cp, bg, control):
+                    context_jobs.append((it.content_hash, _box_key(f"c{cfg.context_factor}:", p[i]),
+                                         self._context_maker(it.image, p[i])))
+        context = iter(self.embeddings.crops(context_jobs))
+        out = []
+        for it, (p, cp, bg) in zip(items, per_image):
+            if len(p) and cfg.context_factor is not None:
+                cand = self._candidates(cp, bg, control)
+                if len(cand):
+                    ctx_emb = np.stack([next(context) for _ in cand])
+                    continues = self._object_continues(ctx_emb, cp.argmax(axis=1)[cand], class_vecs, bg_vecs)
+                    cp = cp.copy()
+                    cp[cand[continues]] = 0.0
+            dets = boxes.detect(p, cp, bg, control.score_threshold, cfg.boxes)
+            out.append([RegionPrediction(control.from_name, control.to_name, control.values[d.label_index], d.score,
+                                         d.bbox_xyxy, it.wh) for d in dets])
+        return out
+
+    def _candidates(self, class_probs: np.ndarray, bg: np.ndarray, control: Control) -> np.ndarray:
+        scores = class_probs.max(axis=1)
+        thr = self.config.boxes.default_threshold if control.score_threshold is None else control.score_threshold
+        return np.flatnonzero((scores > bg) & (scores >= thr))
+
+    def _object_continues(self, ctx_emb: np.ndarray, labels: np.ndarray, class_vecs: np.ndarray,
+                          bg_vecs: np.ndarray) -> np.ndarray:
+        """True where the surroundings (box greyed out) still show the box's class, whole or in part."""
+        k = len(class_vecs)
+        logits = ctx_emb @ np.concatenate([class_vecs, bg_vecs]).T
+        best = logits.argmax(axis=1)
+        # columns: K classes, the generic background, then K "part of" ensembles
+        return (best == labels) | (best == k + 1 + labels)
+
+    def _crop_maker(self, image: Image.Image, window: np.ndarray) -> Callable[[], np.ndarray]:
+        size = self._size
+        return lambda: images.crop_square(image, tuple(float(v) for v in window), size)  # type: ignore[arg-type]
+
+    def _context_maker(self, image: Image.Image, box: np.ndarray) -> Callable[[], np.ndarray]:
+        size, factor = self._size, float(self.config.context_factor or 2.0)
+        return lambda: images.masked_context_square(image, tuple(float(v) for v in box), factor, size)  # type: ignore[arg-type]
+
+    # -- interactive ---------------------------------------------------------------------------------------------------
+    def label_box(self, item: BoxImage, control: Control, box_xyxy: np.ndarray) -> RegionPrediction | None:
+        """The drawn box with its most likely label, or None when background wins ("not one of our classes")."""
+        window = regions.square_windows(box_xyxy[None, :], self.config.boxes.pad_frac)[0]
+        (emb,) = self.embeddings.crops([(item.content_hash, _box_key("w", window), self._crop_maker(item.image, window))])
+        generic_bg = self.background_vectors(control)[:1]
+        cp, bg = boxes.class_and_background_probs(emb[None, :], self.class_vectors(control), generic_bg,
+                                                  self.embeddings.encoder.logit_scale)
+        k = int(cp[0].argmax())
+        if cp[0, k] <= bg[0]:
+            return None
+        x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+        return RegionPrediction(control.from_name, control.to_name, control.values[k], float(cp[0, k]),
+                                (x0, y0, x1, y1), item.wh)
+
+    def box_around_point(self, item: BoxImage, control: Control, point_xy: tuple[float, float]
+                         ) -> RegionPrediction | None:
+        """The best box that contains the clicked point, or None when no proposal there holds one of our classes."""
+        (found,) = self.detect([item], _with_threshold(control, 0.0))
+        px, py = point_xy
+        around = [r for r in found if r.bbox_xyxy[0] <= px <= r.bbox_xyxy[2] and r.bbox_xyxy[1] <= py <= r.bbox_xyxy[3]]
+        return max(around, key=lambda r: r.score) if around else None
+
+
+def _with_threshold(control: Control, threshold: float) -> Control:
+    return Control(kind=control.kind, from_name=control.from_name, to_name=control.to_name,
+                   image_key=control.image_key, classes=control.classes, multiple=control.multiple,
+                   score_threshold=threshold)
