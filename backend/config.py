@@ -30,6 +30,12 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_BATCH_SIZE": "batch_size",
     "CLIPLABEL_FETCH_WORKERS": "fetch_workers",
     "CLIPLABEL_TORCH_THREADS": "torch_threads",
+    "CLIPLABEL_SELECTIVE_SEARCH": "selective_search",
+    "CLIPLABEL_PROPOSAL_SIDE": "proposal_side",
+    "CLIPLABEL_MAX_CROPS": "max_crops",
+    "CLIPLABEL_MAX_BOXES": "max_boxes",
+    "CLIPLABEL_BOX_CONTEXT": "box_context",
+    "CLIPLABEL_BACKGROUND_PROMPTS": "background_prompts_file",
     "CLIPLABEL_ALLOWED_HOSTS": "allowed_hosts",
     "CLIPLABEL_LOCAL_FILES_ROOT": "local_files_root",
     "CLIPLABEL_MAX_IMAGE_BYTES": "max_image_bytes",
@@ -64,6 +70,12 @@ class Settings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=4096)
     fetch_workers: int = Field(default=8, ge=1, le=256)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    selective_search: Literal["fast", "quality", "off"] = "fast"
+    proposal_side: int = Field(default=128, ge=32, le=4096)
+    max_crops: int = Field(default=128, ge=1, le=10_000)
+    max_boxes: int = Field(default=20, ge=1, le=1_000)
+    box_context: bool = True
+    background_prompts_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     local_files_root: Path | None = None
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -100,7 +112,7 @@ class Settings(BaseModel):
             raise ValueError("must be a redis:// , rediss:// or unix:// URL")
         return value
 
-    @field_validator("templates_file", "local_files_root")
+    @field_validator("templates_file", "local_files_root", "background_prompts_file")
     @classmethod
     def _must_exist(cls, value: Path | None) -> Path | None:
         if value is not None and not value.exists():

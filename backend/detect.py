@@ -5,8 +5,6 @@ Also the interactive path: name the box an annotator drew, or find the box aroun
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,8 +57,6 @@ class BoxDetector:
         self.pool = pool
         self.class_vectors = class_vectors
         self.config = config
-        self._bg: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
 
     @property
     def _size(self) -> int:
@@ -68,21 +64,10 @@ class BoxDetector:
 
     def background_vectors(self, control: Control) -> np.ndarray:
         """(1 + K, D): the generic background ensemble, then one "part of a <class>" ensemble per class."""
-        key = hashlib.sha256(repr((control.classes, self.config.background_prompts,
-                                   self.config.partial_templates)).encode()).hexdigest()
-        with self._lock:
-            cached = self._bg.get(key)
-        if cached is not None:
-            return cached
         generic = PromptEnsemble(label="background", prompts=self.config.background_prompts,
                                  weights=(1.0,) * len(self.config.background_prompts))
         partial = [prompts.build_ensemble(c, self.config.partial_templates) for c in control.classes]
-        ensembles = [generic, *partial]
-        emb = self.embeddings.texts([p for e in ensembles for p in e.prompts])
-        vecs = prompts.class_vectors(ensembles, emb)
-        with self._lock:
-            self._bg[key] = vecs
-        return vecs
+        return self.embeddings.ensemble_vectors([generic, *partial])
 
     # -- automatic boxes ---------------------------------------------------------------------------------------------
     def detect(self, items: Sequence[BoxImage], control: Control) -> list[list[RegionPrediction]]:

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from backend import images
-from backend.domain import Encoder
+from backend import images, prompts
+from backend.domain import Encoder, PromptEnsemble
 from backend.errors import ImageFetchError
 from backend.metrics import Metrics
 from backend.store import Store
@@ -46,6 +46,8 @@ class EmbeddingService:
         # Prompt vectors never change for a given encoder, so a process-local copy cannot go stale.
         self._text_memo: dict[str, np.ndarray] = {}
         self._text_lock = threading.Lock()
+        self._ensembles: dict[str, np.ndarray] = {}
+        self._ensemble_locks: dict[str, threading.Lock] = {}
 
     def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """text → (D,) float32 L2-normalised, encoding only what neither memory nor the store holds."""
@@ -66,6 +68,22 @@ class EmbeddingService:
             with self._text_lock:
                 self._text_memo.update({t: out[t] for t in missing})
         return out
+
+    def ensemble_vectors(self, ensembles: Sequence[PromptEnsemble]) -> np.ndarray:
+        """(K, D) weighted prompt-ensemble vectors, computed once per distinct set of ensembles.
+
+        Concurrent callers for the same set (the /setup warm-up and a first /predict) wait for one computation
+        instead of each encoding the same prompts.
+        """
+        key = hashlib.sha256(repr([(e.prompts, e.weights) for e in ensembles]).encode()).hexdigest()
+        with self._text_lock:
+            key_lock = self._ensemble_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            cached = self._ensembles.get(key)
+            if cached is None:
+                emb = self.texts([p for e in ensembles for p in e.prompts])
+                cached = self._ensembles[key] = prompts.class_vectors(ensembles, emb)
+            return cached
 
     def images(self, blobs: Sequence[bytes]) -> list[np.ndarray | ImageFetchError]:
         """One (D,) embedding per image, or the decode error for that image; cached by content hash."""

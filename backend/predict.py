@@ -48,8 +48,6 @@ class Predictor:
         self.templates = tuple(templates)
         self.defaults = defaults
         self.metrics = metrics
-        self._class_vecs: dict[str, np.ndarray] = {}
-        self._class_locks: dict[str, threading.Lock] = {}
         self._auth: dict[tuple[str, str], LabelStudioAuth] = {}
         self._lock = threading.Lock()
         self.detector = BoxDetector(embeddings, pool, self.class_vectors, detector_config or DetectorConfig())
@@ -72,23 +70,8 @@ class Predictor:
 
     # -- class vectors ---------------------------------------------------------------------------------------------
     def class_vectors(self, control: Control) -> np.ndarray:
-        """(K, D) prompt-ensemble vectors of a control's classes, built once per label set.
-
-        Concurrent callers for the same label set (the /setup warm-up and a first /predict) wait for one computation
-        instead of each encoding the same prompts.
-        """
-        key = hashlib.sha256(repr((control.classes, self.templates)).encode()).hexdigest()
-        with self._lock:
-            key_lock = self._class_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            cached = self._class_vecs.get(key)
-            if cached is not None:
-                return cached
-            ensembles = [prompts.build_ensemble(c, self.templates) for c in control.classes]
-            emb = self.embeddings.texts([p for e in ensembles for p in e.prompts])
-            vecs = prompts.class_vectors(ensembles, emb)
-            self._class_vecs[key] = vecs
-            return vecs
+        """(K, D) prompt-ensemble vectors of a control's classes (computed once per label set)."""
+        return self.embeddings.ensemble_vectors([prompts.build_ensemble(c, self.templates) for c in control.classes])
 
     # -- prediction ------------------------------------------------------------------------------------------------
     def predict(self, tasks: Sequence[object], config: LabelConfig, project: ProjectState | None,

@@ -45,23 +45,29 @@ def load_templates(path: Path | None) -> tuple[str, ...]:
     """
     if path is None:
         return DEFAULT_TEMPLATES
+    templates = load_prompt_lines(path, "CLIPLABEL_TEMPLATES")
+    for template in templates:
+        if template.count("{}") != 1:
+            raise SettingsError(f"CLIPLABEL_TEMPLATES: {template!r} in {path} must contain exactly one {{}}")
+    return templates
+
+
+def load_prompt_lines(path: Path, variable: str, max_lines: int = MAX_TEMPLATES) -> tuple[str, ...]:
+    """Non-empty, non-comment lines of a prompt file.
+
+    Raises:
+        SettingsError: the file is unreadable, empty, or too long.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"CLIPLABEL_TEMPLATES: cannot read {path}: {exc}") from exc
-    templates = []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.count("{}") != 1:
-            raise SettingsError(f"CLIPLABEL_TEMPLATES: line {number} of {path} must contain exactly one {{}}")
-        templates.append(line)
-    if not templates:
-        raise SettingsError(f"CLIPLABEL_TEMPLATES: {path} holds no templates")
-    if len(templates) > MAX_TEMPLATES:
-        raise SettingsError(f"CLIPLABEL_TEMPLATES: {len(templates)} templates; at most {MAX_TEMPLATES}")
-    return tuple(dict.fromkeys(templates))
+        raise SettingsError(f"{variable}: cannot read {path}: {exc}") from exc
+    kept = tuple(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
+    if not kept:
+        raise SettingsError(f"{variable}: {path} holds no prompts")
+    if len(kept) > max_lines:
+        raise SettingsError(f"{variable}: {len(kept)} lines; at most {max_lines}")
+    return kept
 
 
 def natural_name(name: str) -> str:

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend import label_config, ls_format, prompts
+from backend.boxes import BoxParams
 from backend.config import Settings
+from backend.detect import DEFAULT_BACKGROUND_PROMPTS, DetectorConfig
 from backend.domain import Encoder, LabelConfig, ProjectState
 from backend.embeddings import EmbeddingService
 from backend.errors import CliplabelError, InvalidRequestError
 from backend.fetch import ImageFetcher
 from backend.metrics import Metrics
 from backend.predict import LabelStudioDefaults, Predictor
+from backend.proposals import ProposalParams
 from backend.store import Store, open_store
 from backend.versions import current_version
 
@@ -93,6 +96,17 @@ class Services:
             self.store.close()
 
 
+def detector_config(settings: Settings) -> DetectorConfig:
+    """The box path's knobs from the settings (the rest keep the defaults measured in bench/bench_boxes.py)."""
+    background = (prompts.load_prompt_lines(settings.background_prompts_file, "CLIPLABEL_BACKGROUND_PROMPTS")
+                  if settings.background_prompts_file else DEFAULT_BACKGROUND_PROMPTS)
+    return DetectorConfig(
+        proposals=ProposalParams(selective_search=settings.selective_search, proposal_side=settings.proposal_side),
+        boxes=BoxParams(max_crops=settings.max_crops, max_boxes=settings.max_boxes),
+        context_factor=2.0 if settings.box_context else None,
+        background_prompts=background)
+
+
 def build_services(settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> Services:
     """Loads the model (unless given), opens the store and wires the services."""
     if encoder is None:
@@ -113,7 +127,8 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         api_key=settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None,
         allowed_hosts=settings.allowed_hosts,
         local_files_root=str(settings.local_files_root) if settings.local_files_root else None)
-    predictor = Predictor(embeddings, fetcher, pool, prompts.load_templates(settings.templates_file), defaults, metrics)
+    predictor = Predictor(embeddings, fetcher, pool, prompts.load_templates(settings.templates_file), defaults, metrics,
+                          detector_config(settings))
     slug = getattr(encoder, "slug", "clip")
     return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics, pool=pool,
                     slug=slug)

@@ -28,9 +28,9 @@ from backend.detect import BoxDetector, BoxImage, DetectorConfig  # noqa: E402
 from backend.domain import Control, LabelClass  # noqa: E402
 from backend.embeddings import EmbeddingService, content_hash  # noqa: E402
 from backend.encoder import load_encoder  # noqa: E402
+from backend.fetch import ImageFetcher  # noqa: E402
 from backend.metrics import Metrics  # noqa: E402
 from backend.predict import LabelStudioDefaults, Predictor  # noqa: E402
-from backend.fetch import ImageFetcher  # noqa: E402
 from backend.prompts import DEFAULT_TEMPLATES  # noqa: E402
 from backend.store import open_store  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
@@ -57,15 +57,20 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--variants", default="default,cheaper,no-context,denser,denser+windows")
+    parser.add_argument("--model", default="tiny",
+                        help="tiny, or an open_clip name run with random weights to measure speed only (its AP is "
+                             "meaningless)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "boxes.json"))
     args = parser.parse_args()
-    encoder = load_encoder(f"local-dir:{tinyclip.ensure_model()}", None, "cpu")
+    model = f"local-dir:{tinyclip.ensure_model()}" if args.model == "tiny" else args.model
+    encoder = load_encoder(model, None, "cpu")
     rng = np.random.default_rng(2024)
     scenes = [synthetic.scene(rng, args.size, args.size) for _ in range(args.scenes)]
     truths = [[(o.bbox_xyxy, o.name) for o in objs] for _, objs in scenes]
     control = Control(kind="rectanglelabels", from_name="bbox", to_name="image", image_key="image",
                       classes=tuple(LabelClass(c) for c in CLASSES))
-    crops = np.random.default_rng(0).integers(0, 255, (args.batch * 8, encoder.image_size, encoder.image_size, 3),
+    n_raw = args.batch * (8 if args.model == "tiny" else 2)
+    crops = np.random.default_rng(0).integers(0, 255, (n_raw, encoder.image_size, encoder.image_size, 3),
                                              dtype=np.uint8)
     encoder.encode_images(crops[:args.batch])
     t0 = time.perf_counter()
@@ -91,7 +96,7 @@ def main() -> int:
                 found.extend(detector.detect(items[i:i + 8], control))
             total_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            list(pool.map(lambda it: proposals.propose(it.image, config.proposals), items))
+            list(pool.map(lambda it, pp=config.proposals: proposals.propose(it.image, pp), items))
             proposal_s = time.perf_counter() - t0
             store.close()
         n_crops = metrics.snapshot().get("crops_encoded", 0)
@@ -106,13 +111,13 @@ def main() -> int:
                      "images_s": round(len(scenes) / total_s, 2)})
     header = list(rows[0])
     print(f"# boxes on {args.scenes} synthetic {args.size}×{args.size} scenes ({sum(len(t) for t in truths)} objects), "
-          f"tiny CLIP, batch {args.batch}, 2 CPU cores")
+          f"model {args.model}, batch {args.batch}, 2 CPU cores")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(str(r[h]) for h in header) + " |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"scenes": args.scenes, "rows": rows}, indent=2))
+    Path(args.out).write_text(json.dumps({"scenes": args.scenes, "model": args.model, "rows": rows}, indent=2))
     return 0
 
 

@@ -48,3 +48,26 @@ def test_an_error_does_not_echo_a_secret() -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({"BASIC_AUTH_PASS": "hunter2-secret"})
     assert "hunter2" not in str(info.value)
+
+
+def test_box_settings_reach_the_detector(tmp_path: Path) -> None:
+    from backend.service import detector_config
+
+    prompts = tmp_path / "bg.txt"
+    prompts.write_text("# ours\nan empty conveyor belt.\nbare asphalt.\n")
+    s = Settings.from_env({"CLIPLABEL_PROPOSAL_SIDE": "256", "CLIPLABEL_MAX_CROPS": "64", "CLIPLABEL_MAX_BOXES": "5",
+                           "CLIPLABEL_BOX_CONTEXT": "false", "CLIPLABEL_SELECTIVE_SEARCH": "quality",
+                           "CLIPLABEL_BACKGROUND_PROMPTS": str(prompts)})
+    cfg = detector_config(s)
+    assert (cfg.proposals.proposal_side, cfg.proposals.selective_search) == (256, "quality")
+    assert (cfg.boxes.max_crops, cfg.boxes.max_boxes, cfg.context_factor) == (64, 5, None)
+    assert cfg.background_prompts == ("an empty conveyor belt.", "bare asphalt.")
+    assert detector_config(Settings.from_env({})).context_factor == 2.0
+
+
+@pytest.mark.parametrize(("env", "name"), [({"CLIPLABEL_PROPOSAL_SIDE": "8"}, "CLIPLABEL_PROPOSAL_SIDE"),
+                                           ({"CLIPLABEL_SELECTIVE_SEARCH": "slow"}, "CLIPLABEL_SELECTIVE_SEARCH"),
+                                           ({"CLIPLABEL_BOX_CONTEXT": "maybe"}, "CLIPLABEL_BOX_CONTEXT")])
+def test_box_setting_errors_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(env)

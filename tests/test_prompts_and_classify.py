@@ -38,8 +38,8 @@ def test_class_vector_is_the_normalised_weighted_mean() -> None:
     np.testing.assert_allclose(skewed[0], _unit([3, 1]), atol=1e-6)
 
 
-@pytest.mark.parametrize(("text", "error"), [("", "holds no templates"), ("# only a comment\n", "holds no templates"),
-                                             ("a photo\n", "line 1"), ("a {} and {}\n", "line 1")])
+@pytest.mark.parametrize(("text", "error"), [("", "holds no prompts"), ("# only a comment\n", "holds no prompts"),
+                                             ("a photo\n", "'a photo'"), ("a {} and {}\n", "exactly one")])
 def test_bad_template_files(tmp_path: Path, text: str, error: str) -> None:
     path = tmp_path / "t.txt"
     path.write_text(text)
