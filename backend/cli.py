@@ -1,4 +1,4 @@
-"""`cliplabel` command line: `serve` runs the ML backend."""
+"""`cliplabel` command line: `serve` runs the ML backend, `worker` processes feedback with Redis."""
 
 from __future__ import annotations
 
@@ -35,6 +35,28 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+    from rq import SimpleWorker
+
+    from backend import jobs
+    from backend.service import build_services
+
+    if not settings.redis_url:
+        logger.error("cliplabel worker needs CLIPLABEL_REDIS_URL; on the embedded store `cliplabel serve` learns by "
+                     "itself")
+        return 2
+    services = build_services(settings, worker=True)
+    jobs.WORKER_FEEDBACK = services.feedback
+    connection = redis.Redis.from_url(settings.redis_url)
+    # SimpleWorker runs jobs in this process: the model stays loaded, and no fork breaks torch's or our thread pools.
+    worker = SimpleWorker([jobs.queue_name(settings.redis_prefix)], connection=connection)
+    logger.info("worker listening on queue=%s", jobs.queue_name(settings.redis_prefix))
+    worker.work(burst=args.burst, with_scheduler=True)
+    services.close(close_store=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cliplabel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
@@ -42,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the Label Studio ML backend (HTTP)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9090, help="port (default 9090)")
+    work = sub.add_parser("worker", help="process feedback and retrain (rq worker; needs CLIPLABEL_REDIS_URL)")
+    work.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -52,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args, settings)
+        if args.command == "worker":
+            return _worker(args, settings)
     except CliplabelError as exc:
         logger.error("%s", exc.detail)
         return 2

@@ -36,6 +36,7 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_MAX_BOXES": "max_boxes",
     "CLIPLABEL_BOX_CONTEXT": "box_context",
     "CLIPLABEL_BACKGROUND_PROMPTS": "background_prompts_file",
+    "CLIPLABEL_RETRAIN_EVERY": "retrain_every",
     "CLIPLABEL_ALLOWED_HOSTS": "allowed_hosts",
     "CLIPLABEL_LOCAL_FILES_ROOT": "local_files_root",
     "CLIPLABEL_MAX_IMAGE_BYTES": "max_image_bytes",
@@ -76,6 +77,7 @@ class Settings(BaseModel):
     max_boxes: int = Field(default=20, ge=1, le=1_000)
     box_context: bool = True
     background_prompts_file: Path | None = None
+    retrain_every: int = Field(default=10, ge=1, le=1_000_000)
     allowed_hosts: tuple[str, ...] = ()
     local_files_root: Path | None = None
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

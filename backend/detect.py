@@ -15,6 +15,7 @@ from PIL import Image
 from backend import boxes, images, prompts, proposals, regions
 from backend.domain import Control, PromptEnsemble, RegionPrediction
 from backend.embeddings import EmbeddingService
+from backend.train import Head
 
 DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
     "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
@@ -70,7 +71,23 @@ class BoxDetector:
         return self.embeddings.ensemble_vectors([generic, *partial])
 
     # -- automatic boxes ---------------------------------------------------------------------------------------------
-    def detect(self, items: Sequence[BoxImage], control: Control) -> list[list[RegionPrediction]]:
+    def vectors(self, control: Control, head: Head | None) -> tuple[np.ndarray, np.ndarray, float]:
+        """(class vectors, background vectors, logit scale): zero-shot, or a learned head's with the background it
+        learned from rejected boxes appended after the prompt-based ones."""
+        bg = self.background_vectors(control)
+        if head is not None and head.labels == control.values:
+            extra = head.background_vecs
+            return head.class_vecs, (np.concatenate([bg, extra]) if len(extra) else bg), head.logit_scale
+        return self.class_vectors(control), bg, self.embeddings.encoder.logit_scale
+
+    def embed_boxes(self, item: BoxImage, boxes_xyxy: np.ndarray) -> list[np.ndarray]:
+        """Embeddings of boxes' square crops, under the same cache keys the detector uses."""
+        windows = regions.square_windows(boxes_xyxy, self.config.boxes.pad_frac)
+        return self.embeddings.crops([(item.content_hash, _box_key("w", w), self._crop_maker(item.image, w))
+                                      for w in windows])
+
+    def detect(self, items: Sequence[BoxImage], control: Control, head: Head | None = None
+               ) -> list[list[RegionPrediction]]:
         """Boxes of one control for each image; crops of all images are encoded together in full batches."""
         cfg = self.config
         props = list(self.pool.map(lambda it: boxes.select_proposals(
@@ -79,7 +96,7 @@ class BoxDetector:
         jobs = [(it.content_hash, _box_key("w", w), self._crop_maker(it.image, w))
                 for it, ws in zip(items, windows) for w in ws]
         flat = self.embeddings.crops(jobs)
-        class_vecs, bg_vecs = self.class_vectors(control), self.background_vectors(control)
+        class_vecs, bg_vecs, scale = self.vectors(control, head)
         per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         start = 0
         context_jobs: list[tuple[str, str, Callable[[], np.ndarray]]] = []
@@ -89,7 +106,7 @@ class BoxDetector:
             if len(p) == 0:
                 per_image.append((p, np.zeros((0, len(control.classes)), np.float32), np.zeros(0, np.float32)))
                 continue
-            cp, bg = boxes.class_and_background_probs(emb, class_vecs, bg_vecs, self.embeddings.encoder.logit_scale)
+            cp, bg = boxes.class_and_background_probs(emb, class_vecs, bg_vecs, scale)
             per_image.append((p, cp, bg))
             if cfg.context_factor is not None:
                 for i in self._candidates(cp, bg, control):
@@ -133,13 +150,15 @@ class BoxDetector:
         return lambda: images.masked_context_square(image, tuple(float(v) for v in box), factor, size)  # type: ignore[arg-type]
 
     # -- interactive ---------------------------------------------------------------------------------------------------
-    def label_box(self, item: BoxImage, control: Control, box_xyxy: np.ndarray) -> RegionPrediction | None:
+    def label_box(self, item: BoxImage, control: Control, box_xyxy: np.ndarray, head: Head | None = None
+                  ) -> RegionPrediction | None:
         """The drawn box with its most likely label, or None when background wins ("not one of our classes")."""
-        window = regions.square_windows(box_xyxy[None, :], self.config.boxes.pad_frac)[0]
-        (emb,) = self.embeddings.crops([(item.content_hash, _box_key("w", window), self._crop_maker(item.image, window))])
-        generic_bg = self.background_vectors(control)[:1]
-        cp, bg = boxes.class_and_background_probs(emb[None, :], self.class_vectors(control), generic_bg,
-                                                  self.embeddings.encoder.logit_scale)
+        (emb,) = self.embed_boxes(item, box_xyxy[None, :])
+        class_vecs, bg_vecs, scale = self.vectors(control, head)
+        # The annotator chose this box, so "part of" competitors do not apply: the generic and learned background do.
+        k = len(control.classes)
+        generic_bg = np.concatenate([bg_vecs[:1], bg_vecs[1 + k:]])
+        cp, bg = boxes.class_and_background_probs(emb[None, :], class_vecs, generic_bg, scale)
         k = int(cp[0].argmax())
         if cp[0, k] <= bg[0]:
             return None
@@ -147,10 +166,10 @@ class BoxDetector:
         return RegionPrediction(control.from_name, control.to_name, control.values[k], float(cp[0, k]),
                                 (x0, y0, x1, y1), item.wh)
 
-    def box_around_point(self, item: BoxImage, control: Control, point_xy: tuple[float, float]
-                         ) -> RegionPrediction | None:
+    def box_around_point(self, item: BoxImage, control: Control, point_xy: tuple[float, float],
+                         head: Head | None = None) -> RegionPrediction | None:
         """The best box that contains the clicked point, or None when no proposal there holds one of our classes."""
-        (found,) = self.detect([item], _with_threshold(control, 0.0))
+        (found,) = self.detect([item], _with_threshold(control, 0.0), head)
         px, py = point_xy
         around = [r for r in found if r.bbox_xyxy[0] <= px <= r.bbox_xyxy[2] and r.bbox_xyxy[1] <= py <= r.bbox_xyxy[3]]
         return max(around, key=lambda r: r.score) if around else None

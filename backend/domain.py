@@ -210,3 +210,46 @@ class ModelVersion:
             raise ValueError("revision must be non-negative")
         if not self.name:
             raise ValueError("a model version needs a name")
+
+
+FeedbackKind = Literal["confirm", "correct", "reject", "new"]
+
+
+@dataclass(frozen=True)
+class AnnotatedRegion:
+    """One labelled thing in an annotation: a whole-image choice (`box_pct` None) or a box, for one control."""
+
+    from_name: str
+    labels: tuple[str, ...]
+    box_pct: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in percent of the image
+
+
+@dataclass(frozen=True)
+class AnnotationEvent:
+    """An annotation as a webhook (or Label Studio's export) carries it."""
+
+    project_id: str
+    annotation_id: int
+    task_id: int | None
+    task_data: dict[str, object] = field(repr=False)
+    regions: tuple[AnnotatedRegion, ...]
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """One labelled embedding: a whole image or a crop, its label (None = background, a rejected box), and how it
+    relates to what we predicted."""
+
+    project_id: str
+    annotation_id: int
+    from_name: str
+    image_hash: str
+    label: str | None
+    kind: FeedbackKind
+    embedding: np.ndarray = field(repr=False, compare=False)
+    box_xyxy: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.embedding.ndim != 1:
+            raise ValueError(f"expected a (D,) embedding, got shape {self.embedding.shape}")

@@ -10,7 +10,7 @@ import hashlib
 from typing import Any
 
 from backend import regions
-from backend.domain import ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
+from backend.domain import AnnotatedRegion, AnnotationEvent, ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
 from backend.errors import InvalidRequestError, TaskDataError
 
 MAX_IMAGE_REF_CHARS = 64 * 1024 * 1024  # data: URIs can be long; the image byte cap applies after decoding
@@ -141,3 +141,59 @@ def drawn_regions(params: object) -> list[DrawnRegion]:
         elif kind in ("keypointlabels", "keypoint"):
             out.append(DrawnRegion(from_name, to_name, "keypoint", point_pct=(x, y), original_wh=wh))
     return out
+
+
+# The webhook actions feedback learning acts on; others (TASKS_CREATED, …) are acknowledged and ignored.
+LEARNED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
+
+
+def annotated_regions(result: object) -> tuple[AnnotatedRegion, ...]:
+    """Choices and rectangles of an annotation's `result`; other result types and malformed items are skipped."""
+    out = []
+    for item in result if isinstance(result, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        from_name, kind, value = item.get("from_name"), str(item.get("type", "")).lower(), item["value"]
+        if not isinstance(from_name, str):
+            continue
+        if kind == "choices" and isinstance(value.get("choices"), list):
+            labels = tuple(str(c) for c in value["choices"] if isinstance(c, str))
+            if labels:
+                out.append(AnnotatedRegion(from_name=from_name, labels=labels))
+        elif kind == "rectanglelabels" and isinstance(value.get("rectanglelabels"), list):
+            x, y, w, h = (_number(value.get(k)) for k in ("x", "y", "width", "height"))
+            labels = tuple(str(c) for c in value["rectanglelabels"] if isinstance(c, str))
+            if labels and x is not None and y is not None and w and h and w > 0 and h > 0:
+                out.append(AnnotatedRegion(from_name=from_name, labels=labels, box_pct=(x, y, x + w, y + h)))
+    return tuple(out)
+
+
+def annotation_event(annotation: object, task: object, project: object) -> AnnotationEvent:
+    """An annotation from a webhook payload (or an export's task) as a domain event.
+
+    Raises:
+        InvalidRequestError: no annotation id, or no project.
+    """
+    if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+        raise InvalidRequestError("the annotation has no integer id")
+    pid = project_id(project.get("id") if isinstance(project, dict) else project)
+    task_obj = task if isinstance(task, dict) else {}
+    raw_data = task_obj.get("data")
+    data: dict[str, object] = raw_data if isinstance(raw_data, dict) else {}
+    tid = task_id(task_obj) if task_obj else (annotation.get("task") if isinstance(annotation.get("task"), int) else None)
+    return AnnotationEvent(project_id=pid, annotation_id=int(annotation["id"]), task_id=tid, task_data=dict(data),
+                           regions=annotated_regions(annotation.get("result")),
+                           cancelled=bool(annotation.get("was_cancelled", False)))
+
+
+def deleted_annotation_ids(payload: dict[str, Any]) -> list[int]:
+    """`ANNOTATIONS_DELETED` carries `annotations: [{"id": …}, …]` (plural)."""
+    items = payload.get("annotations")
+    return [int(a["id"]) for a in items if isinstance(a, dict) and isinstance(a.get("id"), int)] \
+        if isinstance(items, list) else []
+
+
+def webhook_project(payload: dict[str, Any]) -> str:
+    """The project id of a webhook payload (`project` is an object there, `{"id": …}`)."""
+    project = payload.get("project")
+    return project_id(project.get("id") if isinstance(project, dict) else project)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from backend.errors import CliplabelError
 from backend.fetch import ImageFetcher
 from backend.ls_auth import LabelStudioAuth
 from backend.metrics import Metrics
+from backend.train import Head
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ class Predictor:
 
     # -- prediction ------------------------------------------------------------------------------------------------
     def predict(self, tasks: Sequence[object], config: LabelConfig, project: ProjectState | None,
-                model_version: str, params: dict[str, Any] | None = None) -> list[TaskPrediction]:
+                model_version: str, params: dict[str, Any] | None = None,
+                heads: Mapping[str, Head] | None = None) -> list[TaskPrediction]:
         """One prediction per task, in task order; failures become empty predictions with `error` set.
 
         With `params.context` holding regions an annotator drew (interactive pre-annotation), the answer is those
@@ -100,8 +102,9 @@ class Predictor:
                 errors.setdefault(job[0], result.detail)
             else:
                 blobs[job] = result
-        choices = self._choices(choice_controls, blobs, errors, len(tasks))
-        regions_by_task = self._regions(rect_controls, drawn, blobs, errors, len(tasks))
+        heads = heads or {}
+        choices = self._choices(choice_controls, blobs, errors, len(tasks), heads)
+        regions_by_task = self._regions(rect_controls, drawn, blobs, errors, len(tasks), heads)
         out = []
         for ti in range(len(tasks)):
             if ti in errors:
@@ -115,7 +118,7 @@ class Predictor:
         return out
 
     def _choices(self, controls: Sequence[Control], blobs: dict[tuple[int, str], bytes], errors: dict[int, str],
-                 n_tasks: int) -> list[list[ChoicePrediction]]:
+                 n_tasks: int, heads: Mapping[str, Head]) -> list[list[ChoicePrediction]]:
         per_task: list[list[ChoicePrediction]] = [[] for _ in range(n_tasks)]
         if not controls:
             return per_task
@@ -130,8 +133,9 @@ class Predictor:
             rows = [ti for ti in range(n_tasks) if ti not in errors and (ti, control.image_key) in emb_of]
             if not rows:
                 continue
+            vecs, scale = self.head_vectors(control, heads.get(control.from_name))
             probs = classify.softmax_probabilities(np.stack([emb_of[(ti, control.image_key)] for ti in rows]),
-                                                   self.class_vectors(control), self.embeddings.encoder.logit_scale)
+                                                   vecs, scale)
             for ti, p in zip(rows, probs):
                 choice = classify.choose(control, p)
                 if choice is not None:
@@ -139,8 +143,8 @@ class Predictor:
         return per_task
 
     def _regions(self, controls: Sequence[Control], drawn: Sequence[DrawnRegion],
-                 blobs: dict[tuple[int, str], bytes], errors: dict[int, str], n_tasks: int
-                 ) -> list[list[RegionPrediction]]:
+                 blobs: dict[tuple[int, str], bytes], errors: dict[int, str], n_tasks: int,
+                 heads: Mapping[str, Head]) -> list[list[RegionPrediction]]:
         per_task: list[list[RegionPrediction]] = [[] for _ in range(n_tasks)]
         if not controls:
             return per_task
@@ -155,17 +159,19 @@ class Predictor:
                 items[job] = item
         if drawn:
             for ti in range(n_tasks):
-                per_task[ti] = self._interactive(controls, drawn, items, ti) if ti not in errors else []
+                per_task[ti] = self._interactive(controls, drawn, items, ti, heads) if ti not in errors else []
             return per_task
         for control in controls:
             rows = [ti for ti in range(n_tasks) if ti not in errors and (ti, control.image_key) in items]
-            found = self.detector.detect([items[(ti, control.image_key)] for ti in rows], control) if rows else []
+            found = self.detector.detect([items[(ti, control.image_key)] for ti in rows], control,
+                                         heads.get(control.from_name)) if rows else []
             for ti, regs in zip(rows, found):
                 per_task[ti].extend(regs)
         return per_task
 
     def _interactive(self, controls: Sequence[Control], drawn: Sequence[DrawnRegion],
-                     items: dict[tuple[int, str], BoxImage], ti: int) -> list[RegionPrediction]:
+                     items: dict[tuple[int, str], BoxImage], ti: int, heads: Mapping[str, Head]
+                     ) -> list[RegionPrediction]:
         out = []
         for region in drawn:
             control = next((c for c in controls if c.from_name == region.from_name), None) or next(
@@ -178,20 +184,42 @@ class Predictor:
                 x0, y0, x1, y1 = region.box_pct
                 box = regions.from_percent(x0, y0, x1 - x0, y1 - y0, (w, h))
                 if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
-                    found = self.detector.label_box(item, control, box)
+                    found = self.detector.label_box(item, control, box, heads.get(control.from_name))
                     out.extend([found] if found else [])
             elif region.kind == "keypoint" and region.point_pct is not None:
                 point = (region.point_pct[0] * w / 100.0, region.point_pct[1] * h / 100.0)
-                found = self.detector.box_around_point(item, control, point)
+                found = self.detector.box_around_point(item, control, point, heads.get(control.from_name))
                 out.extend([found] if found else [])
         return out
 
     def _decode_full(self, blob: bytes) -> BoxImage | CliplabelError:
         try:
-            decoded = images.decode(blob, self.embeddings.max_pixels)
+            return self.decode_full(blob)
         except CliplabelError as exc:
             return exc
+
+    def decode_full(self, blob: bytes) -> BoxImage:
+        """The full-resolution upright image for the box path. Raises ImageFetchError."""
+        decoded = images.decode(blob, self.embeddings.max_pixels)
         return BoxImage(content_hash=content_hash(blob), image=decoded.image)
+
+    def fetch_image(self, task: object, key: str, project: ProjectState | None) -> bytes:
+        """One task's image bytes, under the same policy as prediction. Raises CliplabelError."""
+        ctx, auth = self.source_context(project)
+        result = self._fetch(task, ls_format.task_id(task), key, ctx, auth)
+        if isinstance(result, CliplabelError):
+            raise result
+        return result
+
+    def head_vectors(self, control: Control, head: Head | None) -> tuple[np.ndarray, float]:
+        """(class vectors, logit scale) served for a control: the learned head when it fits the control's labels."""
+        if head is not None and head.labels == control.values:
+            return head.class_vecs, head.logit_scale
+        return self.class_vectors(control), self.embeddings.encoder.logit_scale
+
+    def top_choice(self, control: Control, emb: np.ndarray, head: Head | None) -> str:
+        vecs, _ = self.head_vectors(control, head)
+        return control.values[int(np.argmax(vecs @ emb))]
 
     def _fetch(self, task: object, task_id: int | None, key: str, ctx: sources.SourceContext,
                auth: LabelStudioAuth | None) -> bytes | CliplabelError:

@@ -16,7 +16,9 @@ from backend.detect import DEFAULT_BACKGROUND_PROMPTS, DetectorConfig
 from backend.domain import Encoder, LabelConfig, ProjectState
 from backend.embeddings import EmbeddingService
 from backend.errors import CliplabelError, InvalidRequestError
+from backend.feedback import FeedbackService
 from backend.fetch import ImageFetcher
+from backend.jobs import BackgroundThread, RqTrigger, Trigger
 from backend.metrics import Metrics
 from backend.predict import LabelStudioDefaults, Predictor
 from backend.proposals import ProposalParams
@@ -36,6 +38,8 @@ class Services:
     metrics: Metrics
     pool: ThreadPoolExecutor
     slug: str
+    feedback: FeedbackService
+    trigger: Trigger | None
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
@@ -75,15 +79,17 @@ class Services:
             raise InvalidRequestError(f"no label config: send label_config or call /setup for project {pid} first")
         config = label_config.parse_label_config(schema)
         version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
-        preds = self.predictor.predict(tasks, config, state, version.name, params)
+        preds = self.predictor.predict(tasks, config, state, version.name, params, self.feedback.heads_for(version))
         logger.info("predict project=%s tasks=%d version=%s in %.3fs", pid, len(tasks), version.name,
                     time.perf_counter() - started)
         return [ls_format.prediction_json(p) for p in preds]
 
     def webhook(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        # Feedback learning records these events; until then they are acknowledged and counted.
-        self.metrics.inc(f"webhook_{action.lower()}")
-        return {"status": "ok", "action": action}
+        """Records the event durably and wakes the feedback worker; never trains inline."""
+        answer = self.feedback.record(action, payload)
+        if answer["status"] == "queued" and self.trigger is not None:
+            self.trigger.kick()
+        return answer
 
     def versions(self, project: str | None) -> list[str]:
         pid = ls_format.project_id(project) if project is not None else DEFAULT_PROJECT
@@ -91,6 +97,8 @@ class Services:
         return [v.name for v in self.store.list_versions(pid, self.encoder.encoder_id)]
 
     def close(self, close_store: bool) -> None:
+        if self.trigger is not None:
+            self.trigger.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         if close_store:
             self.store.close()
@@ -107,8 +115,13 @@ def detector_config(settings: Settings) -> DetectorConfig:
         background_prompts=background)
 
 
-def build_services(settings: Settings, encoder: Encoder | None = None, store: Store | None = None) -> Services:
-    """Loads the model (unless given), opens the store and wires the services."""
+def build_services(settings: Settings, encoder: Encoder | None = None, store: Store | None = None,
+                   worker: bool = False) -> Services:
+    """Loads the model (unless given), opens the store and wires the services.
+
+    Feedback is processed by a background thread on the embedded store, by `cliplabel worker` processes with Redis
+    (the API process then only enqueues). `worker=True` builds the services of such a worker (no trigger).
+    """
     if encoder is None:
         from backend.encoder import load_encoder
 
@@ -130,5 +143,10 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
     predictor = Predictor(embeddings, fetcher, pool, prompts.load_templates(settings.templates_file), defaults, metrics,
                           detector_config(settings))
     slug = getattr(encoder, "slug", "clip")
+    feedback = FeedbackService(store, predictor, metrics, settings.retrain_every, slug)
+    trigger: Trigger | None = None
+    if not worker:
+        trigger = RqTrigger(settings.redis_url, settings.redis_prefix) if settings.redis_url \
+            else BackgroundThread(feedback)
     return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics, pool=pool,
-                    slug=slug)
+                    slug=slug, feedback=feedback, trigger=trigger)

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from backend.domain import ModelVersion, ProjectState
+from backend.domain import FeedbackExample, ModelVersion, ProjectState
 
 
 class Store(Protocol):
@@ -36,6 +36,27 @@ class Store(Protocol):
 
         Returns False, changing nothing, when another process got there first.
         """
+
+    def put_feedback(self, project_id: str, annotation_id: int, examples: list[FeedbackExample]) -> None:
+        """Replaces every example of one annotation (idempotent: an update recorded twice counts once)."""
+
+    def delete_feedback(self, project_id: str, annotation_id: int) -> None: ...
+
+    def list_feedback(self, project_id: str) -> list[FeedbackExample]:
+        """Every example of a project, in annotation id order."""
+
+    def push_event(self, payload: str) -> int:
+        """Appends a raw webhook event to the durable queue; returns its sequence number."""
+
+    def pending_events(self, limit: int) -> list[tuple[int, str]]:
+        """The oldest unprocessed events, (sequence number, payload)."""
+
+    def ack_events(self, seqs: Sequence[int]) -> None:
+        """Removes processed events (at-least-once: processing is idempotent)."""
+
+    def put_blob(self, namespace: str, key: str, data: str) -> None: ...
+
+    def get_blob(self, namespace: str, key: str) -> str | None: ...
 
     def close(self) -> None: ...
 

@@ -22,5 +22,20 @@ class Keys:
     def versions(self, project_id: str, encoder_id: str) -> str:
         return f"{self.base}:versions:{project_id}:{encoder_id}"
 
+    def feedback(self, project_id: str) -> str:
+        return f"{self.base}:feedback:{project_id}"
+
+    def events(self) -> str:
+        return f"{self.base}:events"
+
+    def event_seq(self) -> str:
+        return f"{self.base}:events:seq"
+
+    def blob(self, namespace: str, key: str) -> str:
+        return f"{self.base}:blob:{namespace}:{key}"
+
+    def lock(self, name: str) -> str:
+        return f"{self.base}:lock:{name}"
+
     def all_keys_pattern(self) -> str:
         return f"{self.base}:*"

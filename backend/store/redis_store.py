@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import redis
 
-from backend.domain import ModelVersion, ProjectState
+from backend.domain import FeedbackExample, ModelVersion, ProjectState
 from backend.errors import StoreUnavailableError
 from backend.store import codec, records
 from backend.store.keys import Keys
@@ -75,6 +75,42 @@ class RedisStore:
         key = self.keys.versions(version.project_id, version.encoder_id)
         ok = self._call(self._add_version, [key], [version.revision, records.dump_version(version)])
         return bool(ok)
+
+    def put_feedback(self, project_id: str, annotation_id: int, examples: list[FeedbackExample]) -> None:
+        self._call(self._redis.hset, self.keys.feedback(project_id), str(annotation_id),
+                   records.dump_examples(examples))
+
+    def delete_feedback(self, project_id: str, annotation_id: int) -> None:
+        self._call(self._redis.hdel, self.keys.feedback(project_id), str(annotation_id))
+
+    def list_feedback(self, project_id: str) -> list[FeedbackExample]:
+        items = self._call(self._redis.hgetall, self.keys.feedback(project_id))
+        return [e for _, raw in sorted(items.items(), key=lambda kv: int(kv[0])) for e in records.load_examples(raw)]
+
+    def push_event(self, payload: str) -> int:
+        seq = int(self._call(self._redis.incr, self.keys.event_seq()))
+        self._call(self._redis.zadd, self.keys.events(), {f"{seq}:{payload}": seq})
+        return seq
+
+    def pending_events(self, limit: int) -> list[tuple[int, str]]:
+        raws = self._call(self._redis.zrange, self.keys.events(), 0, limit - 1)
+        out = []
+        for raw in raws:
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            seq, _, payload = text.partition(":")
+            out.append((int(seq), payload))
+        return out
+
+    def ack_events(self, seqs: Sequence[int]) -> None:
+        for seq in seqs:
+            self._call(self._redis.zremrangebyscore, self.keys.events(), seq, seq)
+
+    def put_blob(self, namespace: str, key: str, data: str) -> None:
+        self._call(self._redis.set, self.keys.blob(namespace, key), data)
+
+    def get_blob(self, namespace: str, key: str) -> str | None:
+        raw = self._call(self._redis.get, self.keys.blob(namespace, key))
+        return raw.decode() if isinstance(raw, bytes) else raw
 
     def close(self) -> None:
         self._redis.close()

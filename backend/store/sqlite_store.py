@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.domain import ModelVersion, ProjectState
+from backend.domain import FeedbackExample, ModelVersion, ProjectState
 from backend.errors import StoreUnavailableError
 from backend.store import codec, records
 
@@ -26,6 +26,12 @@ CREATE TABLE IF NOT EXISTS projects (project_id TEXT PRIMARY KEY, record TEXT NO
 CREATE TABLE IF NOT EXISTS versions (
     project_id TEXT NOT NULL, encoder_id TEXT NOT NULL, revision INTEGER NOT NULL, record TEXT NOT NULL,
     PRIMARY KEY (project_id, encoder_id, revision));
+CREATE TABLE IF NOT EXISTS feedback (
+    project_id TEXT NOT NULL, annotation_id INTEGER NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (project_id, annotation_id));
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (namespace TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (namespace, key));
 """
 _MAX_VARS = 500  # stay under SQLite's bound-parameter limit
 
@@ -125,6 +131,36 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def put_feedback(self, project_id: str, annotation_id: int, examples: list[FeedbackExample]) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO feedback VALUES (?, ?, ?)",
+                             (project_id, annotation_id, records.dump_examples(examples)))
+
+    def delete_feedback(self, project_id: str, annotation_id: int) -> None:
+        self._conn().execute("DELETE FROM feedback WHERE project_id=? AND annotation_id=?", (project_id, annotation_id))
+
+    def list_feedback(self, project_id: str) -> list[FeedbackExample]:
+        rows = self._conn().execute("SELECT record FROM feedback WHERE project_id=? ORDER BY annotation_id",
+                                    (project_id,)).fetchall()
+        return [e for (raw,) in rows for e in records.load_examples(raw)]
+
+    def push_event(self, payload: str) -> int:
+        cur = self._conn().execute("INSERT INTO events (payload) VALUES (?)", (payload,))
+        return int(cur.lastrowid or 0)
+
+    def pending_events(self, limit: int) -> list[tuple[int, str]]:
+        rows = self._conn().execute("SELECT seq, payload FROM events ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [(int(a), str(b)) for a, b in rows]
+
+    def ack_events(self, seqs: Sequence[int]) -> None:
+        self._conn().executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
+
+    def put_blob(self, namespace: str, key: str, data: str) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?)", (namespace, key, data))
+
+    def get_blob(self, namespace: str, key: str) -> str | None:
+        row = self._conn().execute("SELECT data FROM blobs WHERE namespace=? AND key=?", (namespace, key)).fetchone()
+        return str(row[0]) if row else None
 
     def close(self) -> None:
         with self._all_lock:

@@ -82,3 +82,49 @@ def test_a_corrupt_entry_reads_as_a_miss(make_store, store_kind: str) -> None:  
     else:
         store._conn().execute("UPDATE vectors SET data=? WHERE key='h'", (b"garbage",))
     assert store.get_vectors("image", "enc", ["h"]) == [None]
+
+
+def _example(aid: int, label: str | None, dim: int = 4):  # type: ignore[no-untyped-def]
+    from backend.domain import FeedbackExample
+
+    return FeedbackExample(project_id="1", annotation_id=aid, from_name="label", image_hash=f"h{aid}", label=label,
+                           kind="confirm" if label else "reject", embedding=np.full(dim, aid, np.float32),
+                           box_xyxy=(1.0, 2.0, 3.0, 4.0) if label is None else None)
+
+
+def test_feedback_is_idempotent_per_annotation(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    assert store.list_feedback("1") == []
+    store.put_feedback("1", 10, [_example(10, "A")])
+    store.put_feedback("1", 2, [_example(2, "B"), _example(2, None)])
+    # an update replaces the annotation's examples; recording it three times counts once
+    for _ in range(3):
+        store.put_feedback("1", 10, [_example(10, "C")])
+    got = store.list_feedback("1")
+    assert [(e.annotation_id, e.label) for e in got] == [(2, "B"), (2, None), (10, "C")]
+    np.testing.assert_array_equal(got[2].embedding, np.full(4, 10, np.float32))
+    assert got[1].box_xyxy == (1.0, 2.0, 3.0, 4.0)
+    store.delete_feedback("1", 2)
+    store.delete_feedback("1", 999)  # deleting what is not there is fine
+    assert [e.annotation_id for e in store.list_feedback("1")] == [10]
+    assert store.list_feedback("2") == []
+
+
+def test_event_queue_is_durable_and_ordered(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    seqs = [store.push_event(f'{{"n": {i}, "text": "a:b"}}') for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    first = store.pending_events(3)
+    assert [p for _, p in first] == [f'{{"n": {i}, "text": "a:b"}}' for i in range(3)]
+    store.ack_events([s for s, _ in first])
+    store.close()
+    again = make_store(store_kind)  # a restart loses nothing that was not acknowledged
+    assert [p for _, p in again.pending_events(10)] == ['{"n": 3, "text": "a:b"}', '{"n": 4, "text": "a:b"}']
+
+
+def test_blobs(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    store = make_store(store_kind)
+    assert store.get_blob("head", "k") is None
+    store.put_blob("head", "k", "one")
+    store.put_blob("head", "k", "two")
+    assert store.get_blob("head", "k") == "two" and store.get_blob("other", "k") is None

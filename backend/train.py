@@ -1,0 +1,196 @@
+"""Learning from feedback, as pure functions: (zero-shot vectors, labelled embeddings, current head) → new head.
+
+1. Prompt weights: within each class ensemble, prompts that sit closer to the class's labelled examples weigh more
+   (blended with uniform weights, so one lucky prompt cannot take over).
+2. An anchored few-shot head: each class vector is `normalise((1 − α)·text + α·prototype)`, the prototype being the
+   mean of the class's labelled embeddings. α = 0 is zero-shot; the blend keeps the head anchored to the text
+   weights (unanchored adapters can fall below zero-shot with few labels).
+3. Background learned from rejected boxes: their embeddings become extra background vectors.
+4. α and the temperature are chosen by leave-one-out on the feedback; the new head is accepted only if its
+   leave-one-out accuracy is at least the current head's accuracy on the same examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
+SCALE_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+MAX_BACKGROUND_EXEMPLARS = 64
+PROMPT_WEIGHT_SHARPNESS = 50.0
+MIN_EXAMPLES = 2
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return (v / np.maximum(n, 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Head:
+    """A control's classifier: (K, D) class vectors, (B, D) learned background vectors, temperature."""
+
+    from_name: str
+    labels: tuple[str, ...]
+    class_vecs: np.ndarray = field(repr=False)
+    background_vecs: np.ndarray = field(repr=False)
+    logit_scale: float
+    alpha: float = 0.0
+    prompt_weights: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.class_vecs.shape[0] != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels but class vectors of shape {self.class_vecs.shape}")
+        if self.background_vecs.ndim != 2 or (len(self.background_vecs) and
+                                               self.background_vecs.shape[1] != self.class_vecs.shape[1]):
+            raise ValueError(f"background vectors of shape {self.background_vecs.shape} do not fit")
+        if not self.logit_scale > 0:
+            raise ValueError("logit_scale must be positive")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Labelled embeddings of one control: (N, D) L2-normalised, labels index the head's classes, −1 = background."""
+
+    embeddings: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.labels.shape != (len(self.embeddings),):
+            raise ValueError(f"embeddings {self.embeddings.shape} and labels {self.labels.shape} do not match")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    head: Head
+    accepted: bool
+    metrics: dict[str, float]
+    reason: str
+
+
+def prompt_weights(prompt_emb: np.ndarray, class_examples: np.ndarray) -> np.ndarray:
+    """Weights of one class's prompts: half uniform, half a softmax of how close each prompt is to the examples.
+
+    Args:
+        prompt_emb: (P, D) the class's prompt embeddings. class_examples: (n, D) its labelled embeddings.
+
+    Returns:
+        (P,) non-negative weights summing to 1 (uniform when there are no examples).
+    """
+    p = len(prompt_emb)
+    uniform = np.full(p, 1.0 / p)
+    if len(class_examples) == 0 or p == 1:
+        return uniform
+    affinity = (prompt_emb @ class_examples.T).mean(axis=1)
+    e = np.exp(PROMPT_WEIGHT_SHARPNESS * (affinity - affinity.max()))
+    return 0.5 * uniform + 0.5 * e / e.sum()
+
+
+def ensemble_vectors(prompt_embs: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> np.ndarray:
+    """(K, D) normalised weighted means of each class's (P_k, D) prompt embeddings."""
+    return _normalise(np.stack([(w[:, None] * e).sum(axis=0) for e, w in zip(prompt_embs, weights)]))
+
+
+def _probs(emb: np.ndarray, class_vecs: np.ndarray, background: np.ndarray, scale: float) -> np.ndarray:
+    vecs = np.concatenate([class_vecs, background]) if len(background) else class_vecs
+    logits = scale * emb @ vecs.T
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    p = e / e.sum(axis=1, keepdims=True)
+    k = len(class_vecs)
+    # column K sums every background vector: "not one of our classes"
+    return np.concatenate([p[:, :k], p[:, k:].sum(axis=1, keepdims=True)], axis=1)
+
+
+def _predicted(probs: np.ndarray) -> np.ndarray:
+    """Class index, or −1 when the background column wins."""
+    k = probs.shape[1] - 1
+    best = probs.argmax(axis=1)
+    return np.where(best == k, -1, best)
+
+
+def evaluate_head(head: Head, examples: Examples, fixed_background: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean negative log-likelihood) of a head on examples (background examples must lose to background)."""
+    bg = np.concatenate([fixed_background, head.background_vecs]) if len(head.background_vecs) else fixed_background
+    probs = _probs(examples.embeddings, head.class_vecs, bg, head.logit_scale)
+    target = np.where(examples.labels < 0, probs.shape[1] - 1, examples.labels)
+    acc = float(np.mean(_predicted(probs) == examples.labels))
+    nll = float(-np.mean(np.log(np.maximum(probs[np.arange(len(target)), target], 1e-12))))
+    return acc, nll
+
+
+def _loo_probs(text_vecs: np.ndarray, examples: Examples, alpha: float, scale: float, fixed_background: np.ndarray
+               ) -> np.ndarray:
+    """Leave-one-out probabilities: example i is scored by a head built without it."""
+    x, y = examples.embeddings, examples.labels
+    k = len(text_vecs)
+    sums = np.zeros_like(text_vecs, dtype=np.float64)
+    counts = np.zeros(k)
+    for c in range(k):
+        sums[c] = x[y == c].sum(axis=0)
+        counts[c] = (y == c).sum()
+    bg_ex = x[y < 0]
+    out = np.empty((len(x), k + 1))
+    for i in range(len(x)):
+        s, n = sums.copy(), counts.copy()
+        if y[i] >= 0:
+            s[y[i]] -= x[i]
+            n[y[i]] -= 1
+        proto = _normalise(s / np.maximum(n, 1)[:, None])
+        blend = np.where((n > 0)[:, None], (1 - alpha) * text_vecs + alpha * proto, text_vecs)
+        learned_bg = bg_ex if y[i] >= 0 else bg_ex[np.any(bg_ex != x[i], axis=1)]
+        bg = np.concatenate([fixed_background, learned_bg[-MAX_BACKGROUND_EXEMPLARS:]])
+        out[i] = _probs(x[i:i + 1], _normalise(blend), bg, scale)[0]
+    return out
+
+
+def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray], examples: Examples,
+        current: Head, fixed_background: np.ndarray, base_logit_scale: float) -> TrainResult:
+    """Fits a new head for one control and decides whether it replaces `current`.
+
+    Args:
+        prompt_embs: per class, (P_k, D) embeddings of its prompts (the zero-shot ensemble).
+        examples: the control's feedback. current: the head served now (zero-shot at first).
+        fixed_background: (B0, D) background vectors that always apply (the background prompt ensembles).
+        base_logit_scale: the encoder's own temperature.
+    """
+    y = examples.labels
+    labelled = int((y >= 0).sum())
+    if len(y) < MIN_EXAMPLES:
+        return TrainResult(current, False, {"examples": float(len(y))}, f"fewer than {MIN_EXAMPLES} examples")
+    weights = [prompt_weights(e, examples.embeddings[y == c]) for c, e in enumerate(prompt_embs)]
+    text_vecs = ensemble_vectors(prompt_embs, weights)
+    best: tuple[float, float, float, float] | None = None  # (accuracy, -nll, -alpha, scale)
+    for alpha in ALPHAS:
+        for factor in SCALE_FACTORS:
+            scale = base_logit_scale * factor
+            probs = _loo_probs(text_vecs, examples, alpha, scale, fixed_background)
+            target = np.where(y < 0, probs.shape[1] - 1, y)
+            acc = float(np.mean(_predicted(probs) == y))
+            nll = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), target], 1e-12))))
+            # Ties go to the smaller α: closer to zero-shot is the safer head.
+            key = (acc, -nll, -alpha, scale)
+            if best is None or key > best:
+                best = key
+    assert best is not None
+    acc, neg_nll, neg_alpha, scale = best
+    alpha = -neg_alpha
+    proto = np.stack([_normalise(examples.embeddings[y == c].mean(axis=0)) if (y == c).any() else text_vecs[c]
+                      for c in range(len(labels))])
+    class_vecs = _normalise((1 - alpha) * text_vecs + alpha * proto)
+    background = _normalise(examples.embeddings[y < 0][-MAX_BACKGROUND_EXEMPLARS:]) if (y < 0).any() \
+        else np.zeros((0, text_vecs.shape[1]), np.float32)
+    head = Head(from_name=from_name, labels=tuple(labels), class_vecs=class_vecs, background_vecs=background,
+                logit_scale=float(scale), alpha=float(alpha),
+                prompt_weights={lab: tuple(float(v) for v in w) for lab, w in zip(labels, weights)})
+    current_acc, current_nll = evaluate_head(current, examples, fixed_background)
+    metrics = {"examples": float(len(y)), "labelled": float(labelled), "background": float(len(y) - labelled),
+               "loo_accuracy": acc, "loo_nll": -neg_nll, "current_accuracy": current_acc,
+               "current_nll": current_nll, "alpha": float(alpha), "logit_scale": float(scale)}
+    if acc + 1e-9 < current_acc:
+        return TrainResult(current, False, metrics,
+                           f"held-out accuracy {acc:.3f} is below the current head's {current_acc:.3f}")
+    return TrainResult(head, True, metrics, "accepted")
