@@ -299,4 +299,7 @@ class FeedbackService:
                                  np.zeros((0, prompt_embs[0].shape[1]), np.float32), encoder.logit_scale)
         data = train.Examples(np.stack([e.embedding for e in usable]),
                               np.array([-1 if e.label is None else index[e.label] for e in usable]))
-        return train.fit(control.from_name, control.values, prompt_embs, data, current, fixed_bg, encoder.logit_scale)
+        # Box thresholds and the background competition are calibrated at the encoder's temperature: keep it there.
+        factors = (1.0,) if control.kind == "rectanglelabels" else train.SCALE_FACTORS
+        return train.fit(control.from_name, control.values, prompt_embs, data, current, fixed_bg, encoder.logit_scale,
+                         factors)

@@ -6,6 +6,11 @@
    mean of the class's labelled embeddings. α = 0 is zero-shot; the blend keeps the head anchored to the text
    weights (unanchored adapters can fall below zero-shot with few labels).
 3. Background learned from rejected boxes: their embeddings become extra background vectors.
+
+Image embeddings sit much closer to each other than to any text embedding (CLIP's modality gap), so a raw image
+prototype beside text vectors would outscore every text-only class, the background and the "part of" prompts.
+Prototypes and background exemplars are therefore moved across the gap (minus the mean image embedding, plus the
+mean class text vector) before they meet text vectors.
 4. α and the temperature are chosen by leave-one-out on the feedback; the new head is accepted only if its
    leave-one-out accuracy is at least the current head's accuracy on the same examples.
 """
@@ -122,8 +127,19 @@ def evaluate_head(head: Head, examples: Examples, fixed_background: np.ndarray) 
     return acc, nll
 
 
-def _loo_probs(text_vecs: np.ndarray, examples: Examples, alpha: float, scale: float, fixed_background: np.ndarray
-               ) -> np.ndarray:
+def modality_gap(examples: Examples, text_vecs: np.ndarray) -> np.ndarray:
+    """(D,) mean image embedding minus mean class text vector."""
+    return (examples.embeddings.mean(axis=0) - text_vecs.mean(axis=0)).astype(np.float32)
+
+
+def _background_exemplars(x_bg: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    if len(x_bg) == 0 or MAX_BACKGROUND_EXEMPLARS == 0:
+        return np.zeros((0, x_bg.shape[1]), np.float32)
+    return _normalise(x_bg[-MAX_BACKGROUND_EXEMPLARS:] - gap)
+
+
+def _loo_probs(text_vecs: np.ndarray, examples: Examples, alpha: float, scale: float, fixed_background: np.ndarray,
+               gap: np.ndarray) -> np.ndarray:
     """Leave-one-out probabilities: example i is scored by a head built without it."""
     x, y = examples.embeddings, examples.labels
     k = len(text_vecs)
@@ -139,16 +155,17 @@ def _loo_probs(text_vecs: np.ndarray, examples: Examples, alpha: float, scale: f
         if y[i] >= 0:
             s[y[i]] -= x[i]
             n[y[i]] -= 1
-        proto = _normalise(s / np.maximum(n, 1)[:, None])
+        proto = _normalise(_normalise(s / np.maximum(n, 1)[:, None]) - gap)
         blend = np.where((n > 0)[:, None], (1 - alpha) * text_vecs + alpha * proto, text_vecs)
         learned_bg = bg_ex if y[i] >= 0 else bg_ex[np.any(bg_ex != x[i], axis=1)]
-        bg = np.concatenate([fixed_background, learned_bg[-MAX_BACKGROUND_EXEMPLARS:]])
+        bg = np.concatenate([fixed_background, _background_exemplars(learned_bg, gap)])
         out[i] = _probs(x[i:i + 1], _normalise(blend), bg, scale)[0]
     return out
 
 
 def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray], examples: Examples,
-        current: Head, fixed_background: np.ndarray, base_logit_scale: float) -> TrainResult:
+        current: Head, fixed_background: np.ndarray, base_logit_scale: float,
+        scale_factors: Sequence[float] = SCALE_FACTORS) -> TrainResult:
     """Fits a new head for one control and decides whether it replaces `current`.
 
     Args:
@@ -156,6 +173,7 @@ def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray]
         examples: the control's feedback. current: the head served now (zero-shot at first).
         fixed_background: (B0, D) background vectors that always apply (the background prompt ensembles).
         base_logit_scale: the encoder's own temperature.
+        scale_factors: temperatures tried, as multiples of `base_logit_scale`.
     """
     y = examples.labels
     labelled = int((y >= 0).sum())
@@ -163,11 +181,12 @@ def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray]
         return TrainResult(current, False, {"examples": float(len(y))}, f"fewer than {MIN_EXAMPLES} examples")
     weights = [prompt_weights(e, examples.embeddings[y == c]) for c, e in enumerate(prompt_embs)]
     text_vecs = ensemble_vectors(prompt_embs, weights)
+    gap = modality_gap(examples, text_vecs)
     best: tuple[float, float, float, float] | None = None  # (accuracy, -nll, -alpha, scale)
     for alpha in ALPHAS:
-        for factor in SCALE_FACTORS:
+        for factor in scale_factors:
             scale = base_logit_scale * factor
-            probs = _loo_probs(text_vecs, examples, alpha, scale, fixed_background)
+            probs = _loo_probs(text_vecs, examples, alpha, scale, fixed_background, gap)
             target = np.where(y < 0, probs.shape[1] - 1, y)
             acc = float(np.mean(_predicted(probs) == y))
             nll = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), target], 1e-12))))
@@ -178,11 +197,10 @@ def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray]
     assert best is not None
     acc, neg_nll, neg_alpha, scale = best
     alpha = -neg_alpha
-    proto = np.stack([_normalise(examples.embeddings[y == c].mean(axis=0)) if (y == c).any() else text_vecs[c]
-                      for c in range(len(labels))])
+    proto = np.stack([_normalise(_normalise(examples.embeddings[y == c].mean(axis=0)) - gap) if (y == c).any()
+                      else text_vecs[c] for c in range(len(labels))])
     class_vecs = _normalise((1 - alpha) * text_vecs + alpha * proto)
-    background = _normalise(examples.embeddings[y < 0][-MAX_BACKGROUND_EXEMPLARS:]) if (y < 0).any() \
-        else np.zeros((0, text_vecs.shape[1]), np.float32)
+    background = _background_exemplars(examples.embeddings[y < 0], gap)
     head = Head(from_name=from_name, labels=tuple(labels), class_vecs=class_vecs, background_vecs=background,
                 logit_scale=float(scale), alpha=float(alpha),
                 prompt_weights={lab: tuple(float(v) for v in w) for lab, w in zip(labels, weights)})

@@ -24,7 +24,7 @@ PROJECT = {"id": 4, "title": "shifted"}
 def _tasks(image_host, n_per_class: int, seed: int, first_id: int) -> list[tuple[dict, str]]:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n_per_class):
+    for _ in range(n_per_class):
         for label, (colour, shape) in SHIFTED.items():
             tid = first_id + len(out)
             png = synthetic.encode_png(synthetic.object_image(rng, colour, shape, 64).resize((96, 96)))
