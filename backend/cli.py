@@ -57,6 +57,21 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0 when the local backend answers /health (with basic auth when configured): a container healthcheck."""
+    import requests
+
+    auth = None
+    if settings.basic_auth_user is not None and settings.basic_auth_pass is not None:
+        auth = (settings.basic_auth_user, settings.basic_auth_pass.get_secret_value())
+    try:
+        resp = requests.get(f"http://127.0.0.1:{args.port}/health", auth=auth, timeout=args.timeout)
+        healthy = resp.status_code == 200 and resp.json().get("status") == "UP"
+    except (requests.RequestException, ValueError):
+        healthy = False
+    return 0 if healthy else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cliplabel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
@@ -66,18 +81,24 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=9090, help="port (default 9090)")
     work = sub.add_parser("worker", help="process feedback and retrain (rq worker; needs CLIPLABEL_REDIS_URL)")
     work.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    health = sub.add_parser("health", help="exit 0 when the backend on this machine is up (for healthchecks)")
+    health.add_argument("--port", type=int, default=9090)
+    health.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"cliplabel: {exc.detail}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    if args.command != "health":
+        configure_logging(settings.log_level)
     try:
         if args.command == "serve":
             return _serve(args, settings)
         if args.command == "worker":
             return _worker(args, settings)
+        if args.command == "health":
+            return _health(args, settings)
     except CliplabelError as exc:
         logger.error("%s", exc.detail)
         return 2
