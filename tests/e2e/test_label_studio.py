@@ -1,0 +1,235 @@
+"""End to end against a real Label Studio 1.23.2, driven only through its HTTP API (prediction validation on).
+
+Each step raises `StepError` naming itself. Run alone with `python -m pytest -m e2e`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from backend.store import open_store
+from tests import synthetic
+from tests.e2e import labelstudio
+from tests.e2e.labelstudio import LabelStudio, StepError
+from tests.support import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = ("Circle", "Square", "Triangle", "Star")
+SHIFTED = {"Type A": ("red", "circle"), "Type B": ("blue", "square"), "Type C": ("green", "triangle"),
+           "Type D": ("yellow", "star")}
+SHIFTED_CONFIG = ('<View><Image name="image" value="$image"/><Choices name="kind" toName="image">'
+                  + "".join(f'<Choice value="{k}"/>' for k in SHIFTED) + "</Choices></View>")
+
+
+@pytest.fixture(scope="session")
+def ls_ready() -> None:
+    labelstudio.migrated_template()
+
+
+def _backend(tmp: Path, model_dir: Path, redis: tuple[str, str] | None) -> tuple[str, list[subprocess.Popen]]:  # type: ignore[type-arg]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPLABEL_", "LABEL_STUDIO_", "BASIC_AUTH"))}
+    env.update({"CLIPLABEL_MODEL": f"local-dir:{model_dir}", "CLIPLABEL_DATA_DIR": str(tmp / "backend"),
+                "CLIPLABEL_RETRAIN_EVERY": "1000"})
+    if redis:
+        env.update({"CLIPLABEL_REDIS_URL": redis[0], "CLIPLABEL_REDIS_PREFIX": redis[1]})
+    procs = []
+    with (tmp / "serve.log").open("wb") as log:
+        procs.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)], cwd=ROOT,
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    if redis:
+        with (tmp / "worker.log").open("wb") as log:
+            procs.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], cwd=ROOT, env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+                return url, procs
+        except requests.RequestException:
+            time.sleep(0.3)
+    raise StepError(f"start cliplabel: no /health; log: {(tmp / 'serve.log').read_text()[-2000:]}")
+
+
+def _upload(ls: LabelStudio, project: int, images: list[tuple[str, bytes]], step: str) -> list[dict]:
+    files = {f"f{i}": (name, io.BytesIO(data), "image/png") for i, (name, data) in enumerate(images)}
+    ls.api("POST", f"/api/projects/{project}/import", step, files=files)
+    tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=1000", step)
+    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
+    if len(tasks) != len(images):
+        raise StepError(f"{step}: {len(images)} images uploaded, {len(tasks)} tasks created")
+    return sorted(tasks, key=lambda t: t["id"])
+
+
+def _retrieve(ls: LabelStudio, project: int, n_tasks: int, version: str, step: str) -> dict[int, dict]:
+    ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}", step,
+           json={"selectedItems": {"all": True, "excluded": []}})
+    preds = ls.api("GET", f"/api/predictions?project={project}", step)
+    mine = {p["task"]: p for p in preds if p["model_version"] == version}
+    if len(mine) != n_tasks:
+        raise StepError(f"{step}: {len(mine)} of {n_tasks} tasks have a stored prediction with version {version}; "
+                        f"versions seen: {sorted({p['model_version'] for p in preds})}")
+    return mine
+
+
+def _label_of(task: dict) -> str:
+    """The true label, from the uploaded file's name (Label Studio prefixes it with a short id)."""
+    return str(task["data"]["image"]).rsplit("-", 1)[-1].split("_")[0]
+
+
+def _versions(url: str, project: int) -> list[str]:
+    return list(requests.get(f"{url}/versions", params={"project": project}, timeout=5).json()["versions"])
+
+
+def _wait_version(url: str, project: int, name: str, step: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if name in _versions(url, project):
+            return
+        time.sleep(0.5)
+    raise StepError(f"{step}: version {name} did not appear; versions {_versions(url, project)}")
+
+
+def _run_loop(tmp: Path, model_dir: Path, redis: tuple[str, str] | None) -> None:
+    ls = labelstudio.start(tmp)
+    backend_url, procs = _backend(tmp, model_dir, redis)
+    try:
+        # 1. a project from the repository's label_config.xml, with synthetic images
+        config = (ROOT / "label_config.xml").read_text()
+        project = ls.api("POST", "/api/projects", "1 create project", json={"title": "cliplabel e2e",
+                                                                             "label_config": config})["id"]
+        rng = np.random.default_rng(7)
+        images = []
+        for i in range(12):
+            shape = SHAPES[i % 4]
+            img = synthetic.object_image(rng, str(rng.choice(list(synthetic.COLOURS))), shape.lower(), 96)
+            images.append((f"{shape}_{i}.png", synthetic.encode_png(img)))
+        tasks = _upload(ls, project, images, "1 upload images")
+
+        # 2. register our backend as an interactive ML backend
+        ml = ls.api("POST", "/api/ml", "2 register backend", json={"url": backend_url, "project": project,
+                                                                   "title": "cliplabel", "is_interactive": True})
+        # Label Studio called /setup when registering; the version it was given is the project's current one.
+        version = _versions(backend_url, project)[-1]
+
+        # 3. retrieve predictions for all tasks; every one stored, valid, mostly right, with our version
+        preds = _retrieve(ls, project, len(tasks), version, "3 retrieve predictions")
+        correct = 0
+        for task in tasks:
+            result = preds[task["id"]]["result"]
+            choices = [r for r in result if r["type"] == "choices"]
+            boxes = [r for r in result if r["type"] == "rectanglelabels"]
+            if not choices or choices[0]["value"]["choices"][0] not in SHAPES:
+                raise StepError(f"3 retrieve predictions: task {task['id']} has no valid choice: {result}")
+            correct += choices[0]["value"]["choices"] == [_label_of(task)]
+            for box in boxes:
+                if box["value"]["rectanglelabels"][0] not in SHAPES or not 0 <= box["value"]["x"] <= 100:
+                    raise StepError(f"3 retrieve predictions: invalid box {box}")
+        if correct < 9:
+            raise StepError(f"3 retrieve predictions: only {correct}/12 choices correct")
+        n_boxes = sum(len([r for r in p["result"] if r["type"] == "rectanglelabels"]) for p in preds.values())
+        print(f"e2e[{'redis' if redis else 'embedded'}] step 3: {len(preds)} predictions stored, {correct}/12 choices "
+              f"correct, {n_boxes} boxes, version {version}")
+
+        # 4. interactive: a drawn rectangle comes back labelled
+        task = tasks[0]
+        drawn = {"from_name": "bbox", "to_name": "image", "type": "rectanglelabels", "origin": "manual",
+                 "original_width": 96, "original_height": 96,
+                 "value": {"x": 0, "y": 0, "width": 100, "height": 100, "rotation": 0, "rectanglelabels": ["Circle"]}}
+        answer = ls.api("POST", f"/api/ml/{ml['id']}/interactive-annotating", "4 interactive",
+                        json={"task": task["id"], "context": {"result": [drawn]}})
+        text = str(answer)
+        if _label_of(task) not in text:
+            raise StepError(f"4 interactive: expected {_label_of(task)} in Label Studio's answer: {text[:500]}")
+
+        # 5. annotate: accept, correct, delete boxes; update and delete an annotation; webhooks recorded once
+        ann_ids = []
+        for t in tasks[:8]:
+            result = [{"from_name": "label", "to_name": "image", "type": "choices",
+                       "value": {"choices": [_label_of(t)]}}]
+            ann_ids.append(ls.api("POST", f"/api/tasks/{t['id']}/annotations", "5 annotate",
+                                  json={"result": result, "project": project})["id"])
+        ls.api("PATCH", f"/api/annotations/{ann_ids[0]}", "5 update annotation",
+               json={"result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                                 "value": {"choices": [_label_of(tasks[0])]}}]})
+        ls.api("DELETE", f"/api/annotations/{ann_ids[1]}", "5 delete annotation", expect=(200, 204))
+        store = open_store(redis[0] if redis else None, tmp / "backend", redis[1] if redis else "cliplabel")
+        deadline = time.monotonic() + 60
+        recorded: list[int] = []
+        while time.monotonic() < deadline:
+            recorded = sorted({e.annotation_id for e in store.list_feedback(str(project))})
+            if recorded == sorted(ann_ids[:1] + ann_ids[2:]):
+                break
+            time.sleep(0.5)
+        store.close()
+        if recorded != sorted(ann_ids[:1] + ann_ids[2:]):
+            raise StepError(f"5 webhooks: recorded annotations {recorded}, expected {sorted(ann_ids[:1] + ann_ids[2:])}")
+
+        # 6. train from Label Studio; a new version appears and retrieving predictions stamps it
+        ls.api("POST", f"/api/ml/{ml['id']}/train", "6 train", json={})
+        r1 = version.replace("-r0", "-r1")
+        _wait_version(backend_url, project, r1, "6 train")
+        _retrieve(ls, project, len(tasks), r1, "6 retrieve after training")
+
+        # 6b. the shifted-name case scores better after training
+        shifted = ls.api("POST", "/api/projects", "6b create shifted project",
+                         json={"title": "shifted", "label_config": SHIFTED_CONFIG})["id"]
+        simgs = []
+        for i in range(16):
+            label = list(SHIFTED)[i % 4]
+            c, s = SHIFTED[label]
+            simgs.append((f"{label.replace(' ', '')}_{i}.png",
+                          synthetic.encode_png(synthetic.object_image(rng, c, s, 64).resize((96, 96)))))
+        stasks = _upload(ls, shifted, simgs, "6b upload")
+        sml = ls.api("POST", "/api/ml", "6b register", json={"url": backend_url, "project": shifted,
+                                                             "title": "cliplabel", "is_interactive": True})
+        sversion = _versions(backend_url, shifted)[-1]
+
+        def shifted_accuracy(v: str) -> float:
+            p = _retrieve(ls, shifted, len(stasks), v, "6b retrieve")
+            return float(np.mean([p[t["id"]]["result"][0]["value"]["choices"][0].replace(" ", "") == _label_of(t)
+                                  for t in stasks]))
+
+        before = shifted_accuracy(sversion)
+        for t in stasks[:8]:
+            label = _label_of(t)
+            ls.api("POST", f"/api/tasks/{t['id']}/annotations", "6b annotate",
+                   json={"result": [{"from_name": "kind", "to_name": "image", "type": "choices",
+                                     "value": {"choices": [label[:4] + " " + label[4:]]}}], "project": shifted})
+        ls.api("POST", f"/api/ml/{sml['id']}/train", "6b train", json={})
+        _wait_version(backend_url, shifted, sversion.replace("-r0", "-r1"), "6b train")
+        after = shifted_accuracy(sversion.replace("-r0", "-r1"))
+        if not after >= before + 0.25:
+            raise StepError(f"6b shifted case: accuracy {before:.2f} → {after:.2f}, expected +0.25")
+        print(f"e2e[{'redis' if redis else 'embedded'}] step 4 interactive answer: {text[:160]}")
+        print(f"e2e[{'redis' if redis else 'embedded'}] step 5: recorded annotations {recorded}; step 6: {r1}; "
+              f"shifted accuracy {before:.2f} -> {after:.2f}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
+        ls.stop()
+    for name in ("serve.log", "worker.log"):
+        if (tmp / name).exists() and "Traceback" in (tmp / name).read_text():
+            raise StepError(f"{name} holds a traceback: {(tmp / name).read_text()[-3000:]}")
+
+
+def test_whole_loop_with_redis_and_a_worker(ls_ready, tiny_model_dir, redis_url, redis_prefix, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _run_loop(tmp_path, tiny_model_dir, (redis_url, redis_prefix))
+
+
+def test_whole_loop_on_the_embedded_default(ls_ready, tiny_model_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _run_loop(tmp_path, tiny_model_dir, None)
