@@ -15,6 +15,7 @@ from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
+from backend.errors import StoreUnavailableError
 from backend.feedback import FeedbackService
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,13 @@ class RqTrigger:
             return None
 
     def kick(self) -> None:
+        try:
+            self._kick()
+        except redis.RedisError as exc:
+            # The event is already in the durable queue; say so loudly rather than answer 500.
+            raise StoreUnavailableError(f"Redis unavailable while queueing feedback: {type(exc).__name__}") from exc
+
+    def _kick(self) -> None:
         statuses = [self._status(j) for j in self.job_ids]
         if any(s in ("queued", "scheduled", "deferred") for s in statuses):
             return  # a waiting job will see the new events
