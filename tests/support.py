@@ -31,6 +31,7 @@ class ImageHost:
     redirects: dict[str, str] = field(default_factory=dict)
     url: str = ""
     pat_access: str = "short-lived-access"
+    delay_s: float = 0.0  # a slow host: every /data/ response waits this long
     refresh_token: str | None = None
 
     def add(self, path: str, data: bytes) -> str:
@@ -79,6 +80,8 @@ def start_image_host() -> tuple[ImageHost, ThreadingHTTPServer]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if host.delay_s and self.path.startswith("/data/"):
+                time.sleep(host.delay_s)
             data = host.files.get(self.path)
             if data is None:
                 self.send_response(404)
