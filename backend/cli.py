@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from backend import __version__
 from backend.config import Settings
@@ -72,6 +73,54 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else 1
 
 
+def _progress(done: int, total: int, started: float) -> None:
+    """A one-line progress bar on stderr."""
+    width = 30
+    filled = int(width * done / max(total, 1))
+    rate = done / max(time.monotonic() - started, 1e-9)
+    eta = (total - done) / rate if rate > 0 else 0.0
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f} img/s eta {eta:.0f}s",
+          end="" if done < total else "\n", file=sys.stderr, flush=True)
+
+
+def _label(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from backend import export, label_config
+    from backend.bulk import find_images, label_images
+    from backend.service import build_services
+
+    if args.label_config:
+        config = label_config.parse_label_config(Path(args.label_config).read_text())
+        classes = list(dict.fromkeys(v for c in config.controls for v in c.values))
+    else:
+        classes = [c.strip() for c in (args.classes or "").split(",") if c.strip()]
+    if not classes:
+        logger.error("give --classes a,b,c or --label-config FILE")
+        return 2
+    paths = find_images(Path(args.directory))
+    if not paths:
+        logger.error("no images under %s", args.directory)
+        return 2
+    services = build_services(settings, worker=True)
+    try:
+        boxes = args.boxes or args.format in ("yolo", "coco")
+        started = time.monotonic()
+        items = label_images(services.predictor, paths, classes, boxes, batch=settings.batch_size,
+                             progress=lambda d, t: _progress(d, t, started))
+    finally:
+        services.close(close_store=True)
+    out = Path(args.out)
+    if args.format == "yolo":
+        counts = export.write_yolo(items, classes, out, val_frac=args.val, min_box_px=args.min_box)
+    elif args.format == "coco":
+        counts = export.write_coco(items, classes, out / "annotations.json")
+    else:
+        counts = export.write_folders(items, out, args.threshold)
+    print(f"{len(items)} of {len(paths)} images labelled into {out} ({args.format}): {counts}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cliplabel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
@@ -84,6 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("health", help="exit 0 when the backend on this machine is up (for healthchecks)")
     health.add_argument("--port", type=int, default=9090)
     health.add_argument("--timeout", type=float, default=3.0)
+    label = sub.add_parser("label", help="label a folder of images (no Label Studio) into YOLO, COCO or class folders")
+    label.add_argument("directory")
+    label.add_argument("--classes", help="comma-separated class names")
+    label.add_argument("--label-config", help="take the classes from a Label Studio label config file")
+    label.add_argument("--out", required=True)
+    label.add_argument("--format", choices=("yolo", "coco", "folder"), default="folder")
+    label.add_argument("--boxes", action="store_true", help="also detect boxes (implied by yolo and coco)")
+    label.add_argument("--threshold", type=float, default=0.5, help="folder: scores below go to _review/")
+    label.add_argument("--val", type=float, default=0.2, help="yolo: validation fraction, stratified by class")
+    label.add_argument("--min-box", type=float, default=4.0, help="yolo: drop boxes smaller than this (pixels)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -99,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(args, settings)
         if args.command == "health":
             return _health(args, settings)
+        if args.command == "label":
+            return _label(args, settings)
     except CliplabelError as exc:
         logger.error("%s", exc.detail)
         return 2
