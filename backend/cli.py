@@ -121,6 +121,27 @@ def _label(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _prelabel(args: argparse.Namespace, settings: Settings) -> int:
+    from backend.ls_client import LabelStudioClient
+    from backend.prelabel import prelabel_project
+    from backend.service import build_services
+
+    if not settings.label_studio_url or settings.label_studio_api_key is None:
+        logger.error("prelabel needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        return 2
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
+    services = build_services(settings, worker=True)
+    try:
+        started = time.monotonic()
+        stats = prelabel_project(services, client, args.project, batch=args.batch,
+                                 progress=lambda d, t: _progress(d, t, started))
+    finally:
+        services.close(close_store=True)
+    print(f"project {args.project}: {stats.predicted} predicted, {stats.skipped} already had "
+          f"{stats.model_version}, {stats.failed} failed, of {stats.total} tasks in {stats.seconds:.1f}s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cliplabel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
@@ -143,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--threshold", type=float, default=0.5, help="folder: scores below go to _review/")
     label.add_argument("--val", type=float, default=0.2, help="yolo: validation fraction, stratified by class")
     label.add_argument("--min-box", type=float, default=4.0, help="yolo: drop boxes smaller than this (pixels)")
+    pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and store the predictions")
+    pre.add_argument("--project", type=int, required=True)
+    pre.add_argument("--batch", type=int, default=64, help="tasks per prediction batch")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -160,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return _health(args, settings)
         if args.command == "label":
             return _label(args, settings)
+        if args.command == "prelabel":
+            return _prelabel(args, settings)
     except CliplabelError as exc:
         logger.error("%s", exc.detail)
         return 2

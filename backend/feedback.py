@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,21 +97,28 @@ class FeedbackService:
         return cached
 
     # -- the worker side -----------------------------------------------------------------------------------------------
-    def process_pending(self) -> int:
-        """Drains the event queue; retrains projects that asked for it or gathered enough new feedback."""
+    def process_pending(self, should_stop: Callable[[], bool] = lambda: False) -> int:
+        """Drains the event queue; retrains projects that asked for it or gathered enough new feedback.
+
+        Stops between events when `should_stop()` says so; what was not done stays queued for the next run.
+        """
         done = 0
         with self._process_lock:
-            while True:
+            while not should_stop():
                 events = self.store.pending_events(_BATCH)
                 if not events:
                     break
                 due: set[str] = set()
-                for _seq, raw in events:
+                finished: list[int] = []
+                for seq, raw in events:
+                    if should_stop():
+                        break
                     due |= self._apply(json.loads(raw))
+                    finished.append(seq)
                 for pid in sorted(due):
                     self.train_project(pid)
-                self.store.ack_events([s for s, _ in events])
-                done += len(events)
+                self.store.ack_events(finished)
+                done += len(finished)
         return done
 
     def _apply(self, payload: dict[str, Any]) -> set[str]:

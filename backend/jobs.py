@@ -60,7 +60,7 @@ class BackgroundThread:
             if self._stopping.is_set():
                 break
             try:
-                self.feedback.process_pending()
+                self.feedback.process_pending(should_stop=self._stopping.is_set)
             except Exception:  # noqa: BLE001 - the thread must survive; the events stay queued for the next try
                 logger.exception("feedback processing failed; the events stay queued")
 

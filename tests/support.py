@@ -110,7 +110,10 @@ class LiveServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=30)
+        # A server thread still alive here would run on into interpreter shutdown: make that a visible failure.
+        if self.thread.is_alive():
+            raise RuntimeError(f"the app at {self.url} did not stop within 30 s")
 
 
 def start_server(app: Any) -> LiveServer:

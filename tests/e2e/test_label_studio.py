@@ -32,11 +32,6 @@ SHIFTED_CONFIG = ('<View><Image name="image" value="$image"/><Choices name="kind
                   + "".join(f'<Choice value="{k}"/>' for k in SHIFTED) + "</Choices></View>")
 
 
-@pytest.fixture(scope="session")
-def ls_ready() -> None:
-    labelstudio.migrated_template()
-
-
 def _backend(tmp: Path, model_dir: Path, redis: tuple[str, str] | None) -> tuple[str, list[subprocess.Popen]]:  # type: ignore[type-arg]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPLABEL_", "LABEL_STUDIO_", "BASIC_AUTH"))}
