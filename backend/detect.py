@@ -97,26 +97,27 @@ class BoxDetector:
                 for it, ws in zip(items, windows) for w in ws]
         flat = self.embeddings.crops(jobs)
         class_vecs, bg_vecs, scale = self.vectors(control, head)
-        per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         start = 0
         context_jobs: list[tuple[str, str, Callable[[], np.ndarray]]] = []
         for it, p in zip(items, props):
             emb = np.stack(flat[start:start + len(p)]) if len(p) else np.zeros((0, 1), np.float32)
             start += len(p)
             if len(p) == 0:
-                per_image.append((p, np.zeros((0, len(control.classes)), np.float32), np.zeros(0, np.float32)))
+                per_image.append((p, np.zeros((0, len(control.classes)), np.float32), np.zeros(0, np.float32),
+                                  np.zeros(0, np.int64)))
                 continue
             cp, bg = boxes.class_and_background_probs(emb, class_vecs, bg_vecs, scale)
-            per_image.append((p, cp, bg))
+            cand = self._candidates(cp, bg, control)
+            per_image.append((p, cp, bg, cand))
             if cfg.context_factor is not None:
-                for i in self._candidates(cp, bg, control):
+                for i in cand:
                     context_jobs.append((it.content_hash, _box_key(f"c{cfg.context_factor}:", p[i]),
                                          self._context_maker(it.image, p[i])))
         context = iter(self.embeddings.crops(context_jobs))
         out = []
-        for it, (p, cp, bg) in zip(items, per_image):
+        for it, (p, cp, bg, cand) in zip(items, per_image):
             if len(p) and cfg.context_factor is not None:
-                cand = self._candidates(cp, bg, control)
                 if len(cand):
                     ctx_emb = np.stack([next(context) for _ in cand])
                     continues = self._object_continues(ctx_emb, cp.argmax(axis=1)[cand], class_vecs, bg_vecs)

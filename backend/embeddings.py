@@ -85,10 +85,6 @@ class EmbeddingService:
                 cached = self._ensembles[key] = prompts.class_vectors(ensembles, emb)
             return cached
 
-    @staticmethod
-    def image_hash(blob: bytes) -> str:
-        return content_hash(blob)
-
     def images(self, blobs: Sequence[bytes]) -> list[np.ndarray | ImageFetchError]:
         """One (D,) embedding per image, or the decode error for that image; cached by content hash."""
         hashes = [content_hash(b) for b in blobs]

@@ -57,25 +57,7 @@ class ImageNotAllowedError(ImageFetchError):
     status = 403
 
 
-class UnknownProjectError(InvalidRequestError):
-    code = "unknown_project"
-    status = 404
-
-
-class AuthError(CliplabelError):
-    code = "unauthorized"
-    status = 401
-
-
-class ModelNotReadyError(CliplabelError):
-    code = "model_not_ready"
-    status = 503
-
-
 class StoreUnavailableError(CliplabelError):
     code = "store_unavailable"
     status = 503
 
-
-class TrainingError(CliplabelError):
-    code = "training_failed"

@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import requests
 
 from backend import label_config, ls_format, prompts, regions, train
 from backend.domain import AnnotationEvent, Control, FeedbackExample, FeedbackKind, ModelVersion
+from backend.embeddings import content_hash
 from backend.errors import CliplabelError, InvalidRequestError
+from backend.ls_client import LabelStudioClient
 from backend.metrics import Metrics
 from backend.predict import Predictor
 from backend.store import Store, records
@@ -161,20 +162,17 @@ class FeedbackService:
         if not ctx.base_url or auth is None:
             logger.info("project=%s: no Label Studio URL/token, training on recorded feedback only", pid)
             return 0
-        url = f"{ctx.base_url}/api/projects/{pid}/export?exportType=JSON"
+        client = LabelStudioClient.with_auth(auth, self.predictor.fetcher.session,
+                                             max(60.0, self.predictor.fetcher.timeout_s))
         try:
-            resp = self.predictor.fetcher.session.get(url, headers={"Authorization": auth.header()},
-                                                      timeout=max(60.0, self.predictor.fetcher.timeout_s))
-            tasks = resp.json() if resp.status_code == 200 else None
-        except (requests.RequestException, ValueError, CliplabelError) as exc:
-            logger.warning("project=%s: could not export annotations: %s", pid, type(exc).__name__)
-            return 0
-        if not isinstance(tasks, list):
-            logger.warning("project=%s: the export answered HTTP %s", pid, resp.status_code)
+            tasks = client.export(int(pid))
+        except CliplabelError as exc:
+            logger.warning("project=%s: could not export annotations: %s", pid, exc.detail)
             return 0
         recorded = 0
         for task in tasks:
-            for annotation in task.get("annotations", []) if isinstance(task, dict) else []:
+            annotations = task.get("annotations")
+            for annotation in annotations if isinstance(annotations, list) else []:
                 try:
                     event = ls_format.annotation_event(annotation, task, pid)
                     if event.cancelled:
@@ -205,7 +203,7 @@ class FeedbackService:
         for control in config.controls:
             mine = [r for r in event.regions if r.from_name == control.from_name]
             blob = self.predictor.fetch_image(task, control.image_key, state)
-            image_hash = self.predictor.embeddings.image_hash(blob)
+            image_hash = content_hash(blob)
             if control.kind == "choices":
                 if not mine:
                     continue

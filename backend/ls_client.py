@@ -20,11 +20,18 @@ class LabelStudioAPIError(CliplabelError):
 
 class LabelStudioClient:
     def __init__(self, base_url: str, token: str, timeout_s: float = 60.0) -> None:
-        self.base_url = base_url.rstrip("/")
         self.session = requests.Session()
         self.session.trust_env = False
         self.timeout_s = timeout_s
-        self.auth = LabelStudioAuth(self.base_url, token, self.session, timeout_s)
+        self.auth = LabelStudioAuth(base_url, token, self.session, timeout_s)
+        self.base_url = self.auth.base_url
+
+    @classmethod
+    def with_auth(cls, auth: LabelStudioAuth, session: requests.Session, timeout_s: float) -> LabelStudioClient:
+        """A client sharing an existing session and credentials (e.g. those a project's /setup gave)."""
+        client = cls.__new__(cls)
+        client.session, client.timeout_s, client.auth, client.base_url = session, timeout_s, auth, auth.base_url
+        return client
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         try:
@@ -34,7 +41,17 @@ class LabelStudioClient:
             raise LabelStudioAPIError(f"Label Studio did not answer {method} {path}: {type(exc).__name__}") from exc
         if resp.status_code >= 400:
             raise LabelStudioAPIError(f"Label Studio answered {resp.status_code} to {method} {path}")
-        return resp.json() if resp.content else None
+        try:
+            return resp.json() if resp.content else None
+        except ValueError as exc:
+            raise LabelStudioAPIError(f"Label Studio's answer to {method} {path} is not JSON") from exc
+
+    def export(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of a project with its annotations (Label Studio's JSON export)."""
+        body = self._call("GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON"})
+        if not isinstance(body, list):
+            raise LabelStudioAPIError(f"the export of project {project_id} is not a list of tasks")
+        return [t for t in body if isinstance(t, dict)]
 
     def project(self, project_id: int) -> dict[str, Any]:
         return dict(self._call("GET", f"/api/projects/{project_id}"))
