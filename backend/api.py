@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backend import __version__
+from backend import __version__, ls_format
 from backend.config import Settings
 from backend.domain import Encoder
 from backend.errors import CliplabelError, InvalidRequestError
@@ -47,6 +49,13 @@ class PredictRequest(BaseModel):
     project: str | int | None = None
     label_config: str | None = None
     params: dict[str, Any] | None = None
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    project: str | int
+    kind: Literal["prelabel", "rescore"] = "prelabel"
+    chunk_size: int = Field(default=64, ge=1, le=1000)
 
 
 class WebhookRequest(BaseModel):
@@ -211,6 +220,25 @@ def _install_routes(app: FastAPI) -> None:
     @app.post("/webhook")
     def webhook(body: WebhookRequest, request: Request) -> dict[str, Any]:
         return _services(request).webhook(body.action, body.model_dump())
+
+    @app.post("/jobs", status_code=202)
+    def start_job(body: JobRequest, request: Request) -> dict[str, Any]:
+        """Starts pre-labelling a whole project (or re-scoring its unlabelled tasks); poll GET /jobs/{id}."""
+        return _services(request).start_job(body.project, body.kind, body.chunk_size).as_json()
+
+    @app.get("/jobs/{job_id}")
+    def job_status(request: Request, job_id: str = PathParam(pattern=r"^[0-9a-f]{16}$")
+                   ) -> dict[str, Any]:
+        return _services(request).bulk.status(job_id).as_json()
+
+    @app.get("/jobs")
+    def list_jobs(project: str, request: Request) -> dict[str, Any]:
+        return {"jobs": [j.as_json() for j in _services(request).bulk.list(ls_format.project_id(project))]}
+
+    @app.get("/report")
+    def quality_report(project: str, request: Request) -> dict[str, Any]:
+        """Per-class counts, scores, acceptance and the learning curve (`cliplabel report` draws it)."""
+        return dataclasses.asdict(_services(request).report(project))
 
     @app.get("/versions")
     def versions(request: Request, project: str | None = None) -> dict[str, Any]:

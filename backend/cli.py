@@ -48,11 +48,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                      "itself")
         return 2
     services = build_services(settings, worker=True)
-    jobs.WORKER_FEEDBACK = services.feedback
+    jobs.WORKER_FEEDBACK, jobs.WORKER_BULK = services.feedback, services.bulk
     connection = redis.Redis.from_url(settings.redis_url)
     # SimpleWorker runs jobs in this process: the model stays loaded, and no fork breaks torch's or our thread pools.
-    worker = SimpleWorker([jobs.queue_name(settings.redis_prefix)], connection=connection)
-    logger.info("worker listening on queue=%s", jobs.queue_name(settings.redis_prefix))
+    queues = jobs.worker_queues(settings.redis_prefix)
+    worker = SimpleWorker(queues, connection=connection)
+    logger.info("worker %s listening on queues=%s", services.bulk.worker, ",".join(queues))
     worker.work(burst=args.burst, with_scheduler=True)
     services.close(close_store=True)
     return 0
@@ -73,13 +74,13 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else 1
 
 
-def _progress(done: int, total: int, started: float) -> None:
-    """A one-line progress bar on stderr."""
+def _progress(done: int, total: int, started: float, unit: str = "img", first: int = 0) -> None:
+    """A one-line progress bar on stderr; the rate counts what was done since `started` (after `first`)."""
     width = 30
     filled = int(width * done / max(total, 1))
-    rate = done / max(time.monotonic() - started, 1e-9)
+    rate = (done - first) / max(time.monotonic() - started, 1e-9)
     eta = (total - done) / rate if rate > 0 else 0.0
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f} img/s eta {eta:.0f}s",
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f} {unit}/s eta {eta:.0f}s",
           end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
@@ -122,23 +123,47 @@ def _label(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _prelabel(args: argparse.Namespace, settings: Settings) -> int:
-    from backend.ls_client import LabelStudioClient
-    from backend.prelabel import prelabel_project
+    from backend.prelabel import JobStatus
     from backend.service import build_services
 
-    if not settings.label_studio_url or settings.label_studio_api_key is None:
-        logger.error("prelabel needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        return 2
-    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key.get_secret_value())
     services = build_services(settings, worker=True)
     try:
+        spec = services.bulk.create(str(args.project), "rescore" if args.unlabelled else "prelabel", args.batch)
         started = time.monotonic()
-        stats = prelabel_project(services, client, args.project, batch=args.batch,
-                                 progress=lambda d, t: _progress(d, t, started))
+        first: list[int] = []
+
+        def progress(status: JobStatus) -> None:
+            if not first:  # tasks that already had a prediction do not count towards the rate
+                first.append(status.done)
+            _progress(status.done, status.total, started, "tasks", first[0])
+
+        stats = services.bulk.run_all(spec.job_id, progress=progress)
     finally:
         services.close(close_store=True)
     print(f"project {args.project}: {stats.predicted} predicted, {stats.skipped} already had "
-          f"{stats.model_version}, {stats.failed} failed, of {stats.total} tasks in {stats.seconds:.1f}s")
+          f"{stats.model_version}, {stats.failed} failed, of {stats.total} tasks in "
+          f"{time.monotonic() - started:.1f}s (job {spec.job_id})")
+    for error in stats.errors:
+        print(f"  {error}", file=sys.stderr)
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from backend import report
+    from backend.plots import write_plots
+    from backend.service import build_services
+
+    services = build_services(settings, worker=True)
+    try:
+        quality = services.report(args.project)
+    finally:
+        services.close(close_store=True)
+    out = Path(args.out)
+    plots = write_plots(quality, out)
+    (out / "report.md").write_text(report.markdown(quality, plots))
+    print(f"project {args.project}: report written to {out / 'report.md'} with {len(plots)} plots")
     return 0
 
 
@@ -166,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--min-box", type=float, default=4.0, help="yolo: drop boxes smaller than this (pixels)")
     pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and store the predictions")
     pre.add_argument("--project", type=int, required=True)
-    pre.add_argument("--batch", type=int, default=64, help="tasks per prediction batch")
+    pre.add_argument("--batch", type=int, default=64, help="tasks per prediction batch (one chunk of the job)")
+    pre.add_argument("--unlabelled", action="store_true",
+                     help="only tasks without annotations, from cached embeddings where possible (after a retrain)")
+    rep = sub.add_parser("report", help="quality report of a project: per-class counts, scores, acceptance, learning")
+    rep.add_argument("--project", type=int, required=True)
+    rep.add_argument("--out", required=True, help="directory for report.md and its PNG plots")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -186,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             return _label(args, settings)
         if args.command == "prelabel":
             return _prelabel(args, settings)
+        if args.command == "report":
+            return _report(args, settings)
     except CliplabelError as exc:
         logger.error("%s", exc.detail)
         return 2

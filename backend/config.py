@@ -30,6 +30,8 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_BATCH_SIZE": "batch_size",
     "CLIPLABEL_FETCH_WORKERS": "fetch_workers",
     "CLIPLABEL_TORCH_THREADS": "torch_threads",
+    "CLIPLABEL_MICROBATCH": "microbatch",
+    "CLIPLABEL_MICROBATCH_WAIT_MS": "microbatch_wait_ms",
     "CLIPLABEL_SELECTIVE_SEARCH": "selective_search",
     "CLIPLABEL_PROPOSAL_SIDE": "proposal_side",
     "CLIPLABEL_MAX_CROPS": "max_crops",
@@ -37,6 +39,7 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_BOX_CONTEXT": "box_context",
     "CLIPLABEL_BACKGROUND_PROMPTS": "background_prompts_file",
     "CLIPLABEL_RETRAIN_EVERY": "retrain_every",
+    "CLIPLABEL_RESCORE_AFTER_TRAIN": "rescore_after_train",
     "CLIPLABEL_ALLOWED_HOSTS": "allowed_hosts",
     "CLIPLABEL_LOCAL_FILES_ROOT": "local_files_root",
     "CLIPLABEL_MAX_IMAGE_BYTES": "max_image_bytes",
@@ -71,6 +74,8 @@ class Settings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=4096)
     fetch_workers: int = Field(default=8, ge=1, le=256)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    microbatch: bool = True
+    microbatch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     selective_search: Literal["fast", "quality", "off"] = "fast"
     proposal_side: int = Field(default=128, ge=32, le=4096)
     max_crops: int = Field(default=128, ge=1, le=10_000)
@@ -78,6 +83,7 @@ class Settings(BaseModel):
     box_context: bool = True
     background_prompts_file: Path | None = None
     retrain_every: int = Field(default=10, ge=1, le=1_000_000)
+    rescore_after_train: bool = False
     allowed_hosts: tuple[str, ...] = ()
     local_files_root: Path | None = None
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

@@ -5,6 +5,8 @@ Also the interactive path: name the box an annotator drew, or find the box aroun
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
     "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
     "an empty scene.", "a blurry photo of nothing in particular.",
 )
+PROPOSALS_NS = "proposals"
 # Class-conditional negatives: a crop that cuts through an object is "part of" it. CLIP scores such crops almost as
 # high as whole objects against the class prompts; against these it loses.
 PARTIAL_TEMPLATES: tuple[str, ...] = ("part of a {}.", "a cropped part of a {}.", "a piece of a {}.", "the edge of a {}.")
@@ -35,16 +38,28 @@ class DetectorConfig:
     partial_templates: tuple[str, ...] = PARTIAL_TEMPLATES
 
 
-@dataclass(frozen=True)
 class BoxImage:
-    """One decoded image and its content hash (the key of its crops in the cache)."""
+    """One image of the box path: its content hash (the key of its proposals and crops in the cache), its upright
+    size, and its pixels, which a re-score from the cache never needs unless something is missing (then `load`).
+    """
 
-    content_hash: str
-    image: Image.Image
+    def __init__(self, content_hash: str, image: Image.Image | None = None, *, wh: tuple[int, int] | None = None,
+                 load: Callable[[], Image.Image] | None = None) -> None:
+        if image is None and (wh is None or load is None):
+            raise ValueError("a BoxImage needs its image, or its size and a way to load it")
+        self.content_hash = content_hash
+        self.wh: tuple[int, int] = image.size if image is not None else wh  # type: ignore[assignment]
+        self._image = image
+        self._load = load
+        self._lock = threading.Lock()
 
     @property
-    def wh(self) -> tuple[int, int]:
-        return self.image.size
+    def image(self) -> Image.Image:
+        with self._lock:
+            if self._image is None:
+                assert self._load is not None
+                self._image = self._load()
+            return self._image
 
 
 def _box_key(prefix: str, box: np.ndarray) -> str:
@@ -58,6 +73,8 @@ class BoxDetector:
         self.pool = pool
         self.class_vectors = class_vectors
         self.config = config
+        # Proposals depend on the proposal and box settings only (not on the model): cached under their digest.
+        self._proposal_id = hashlib.sha256(repr((config.proposals, config.boxes)).encode()).hexdigest()[:16]
 
     @property
     def _size(self) -> int:
@@ -83,17 +100,16 @@ class BoxDetector:
     def embed_boxes(self, item: BoxImage, boxes_xyxy: np.ndarray) -> list[np.ndarray]:
         """Embeddings of boxes' square crops, under the same cache keys the detector uses."""
         windows = regions.square_windows(boxes_xyxy, self.config.boxes.pad_frac)
-        return self.embeddings.crops([(item.content_hash, _box_key("w", w), self._crop_maker(item.image, w))
+        return self.embeddings.crops([(item.content_hash, _box_key("w", w), self._crop_maker(item, w))
                                       for w in windows])
 
     def detect(self, items: Sequence[BoxImage], control: Control, head: Head | None = None
                ) -> list[list[RegionPrediction]]:
         """Boxes of one control for each image; crops of all images are encoded together in full batches."""
         cfg = self.config
-        props = list(self.pool.map(lambda it: boxes.select_proposals(
-            proposals.propose(it.image, cfg.proposals), it.wh, cfg.boxes), items))
+        props = self.proposals(items)
         windows = [regions.square_windows(p, cfg.boxes.pad_frac) for p in props]
-        jobs = [(it.content_hash, _box_key("w", w), self._crop_maker(it.image, w))
+        jobs = [(it.content_hash, _box_key("w", w), self._crop_maker(it, w))
                 for it, ws in zip(items, windows) for w in ws]
         flat = self.embeddings.crops(jobs)
         class_vecs, bg_vecs, scale = self.vectors(control, head)
@@ -113,7 +129,7 @@ class BoxDetector:
             if cfg.context_factor is not None:
                 for i in cand:
                     context_jobs.append((it.content_hash, _box_key(f"c{cfg.context_factor}:", p[i]),
-                                         self._context_maker(it.image, p[i])))
+                                         self._context_maker(it, p[i])))
         context = iter(self.embeddings.crops(context_jobs))
         out = []
         for it, (p, cp, bg, cand) in zip(items, per_image):
@@ -127,6 +143,25 @@ class BoxDetector:
             out.append([RegionPrediction(control.from_name, control.to_name, control.values[d.label_index], d.score,
                                          d.bbox_xyxy, it.wh) for d in dets])
         return out
+
+    def proposals(self, items: Sequence[BoxImage]) -> list[np.ndarray]:
+        """Selected proposals of each image, (N, 4) xyxy pixels: from the cache, else computed (in parallel) and cached.
+
+        Cached boxes are float32, and fresh ones are rounded the same way, so a re-score finds the same crop keys.
+        """
+        hashes = [it.content_hash for it in items]
+        cached = self.embeddings.store.get_vectors(PROPOSALS_NS, self._proposal_id, hashes)
+        missing = [i for i, c in enumerate(cached) if c is None]
+        cfg = self.config
+        fresh = list(self.pool.map(lambda i: boxes.select_proposals(
+            proposals.propose(items[i].image, cfg.proposals), items[i].wh, cfg.boxes).astype(np.float32), missing))
+        if missing:
+            self.embeddings.store.put_vectors(PROPOSALS_NS, self._proposal_id,
+                                              {hashes[i]: p.reshape(-1) for i, p in zip(missing, fresh)})
+        out = [c.reshape(-1, 4) if c is not None else None for c in cached]
+        for i, p in zip(missing, fresh):
+            out[i] = p
+        return [p.astype(np.float64) for p in out if p is not None]
 
     def _candidates(self, class_probs: np.ndarray, bg: np.ndarray, control: Control) -> np.ndarray:
         scores = class_probs.max(axis=1)
@@ -142,13 +177,14 @@ class BoxDetector:
         # columns: K classes, the generic background, then K "part of" ensembles
         return (best == labels) | (best == k + 1 + labels)
 
-    def _crop_maker(self, image: Image.Image, window: np.ndarray) -> Callable[[], np.ndarray]:
+    # Crop makers read `item.image` only when called, i.e. on a cache miss: a re-score never decodes the image.
+    def _crop_maker(self, item: BoxImage, window: np.ndarray) -> Callable[[], np.ndarray]:
         size = self._size
-        return lambda: images.crop_square(image, tuple(float(v) for v in window), size)  # type: ignore[arg-type]
+        return lambda: images.crop_square(item.image, tuple(float(v) for v in window), size)  # type: ignore[arg-type]
 
-    def _context_maker(self, image: Image.Image, box: np.ndarray) -> Callable[[], np.ndarray]:
+    def _context_maker(self, item: BoxImage, box: np.ndarray) -> Callable[[], np.ndarray]:
         size, factor = self._size, float(self.config.context_factor or 2.0)
-        return lambda: images.masked_context_square(image, tuple(float(v) for v in box), factor, size)  # type: ignore[arg-type]
+        return lambda: images.masked_context_square(item.image, tuple(float(v) for v in box), factor, size)  # type: ignore[arg-type]
 
     # -- interactive ---------------------------------------------------------------------------------------------------
     def label_box(self, item: BoxImage, control: Control, box_xyxy: np.ndarray, head: Head | None = None

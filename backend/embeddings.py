@@ -107,6 +107,10 @@ class EmbeddingService:
                 results.update({h: v for (h, _), v in zip(chunk, vecs)})
         return [results[h] for h in hashes]
 
+    def cached_images(self, hashes: Sequence[str]) -> list[np.ndarray | None]:
+        """Image embeddings by content hash, from the cache only (None where an image was never encoded)."""
+        return self.store.get_vectors(IMAGE_NS, self.encoder.encoder_id, list(hashes)) if hashes else []
+
     def crops(self, jobs: Sequence[tuple[str, str, Callable[[], np.ndarray]]]) -> list[np.ndarray]:
         """Cached crop embeddings, encoded in full batches across every job of the call.
 

@@ -61,3 +61,10 @@ class StoreUnavailableError(CliplabelError):
     code = "store_unavailable"
     status = 503
 
+
+
+class NotFoundError(CliplabelError):
+    """The client asked for something that does not exist (a bulk job id)."""
+
+    code = "not_found"
+    status = 404

@@ -20,7 +20,6 @@ from backend import label_config, ls_format, prompts, regions, train
 from backend.domain import AnnotationEvent, Control, FeedbackExample, FeedbackKind, ModelVersion
 from backend.embeddings import content_hash
 from backend.errors import CliplabelError, InvalidRequestError
-from backend.ls_client import LabelStudioClient
 from backend.metrics import Metrics
 from backend.predict import Predictor
 from backend.store import Store, records
@@ -66,6 +65,8 @@ class FeedbackService:
         self._heads: dict[str, dict[str, train.Head]] = {}
         self._lock = threading.Lock()
         self._process_lock = threading.Lock()
+        # Called with each accepted version (the service starts a re-score of the unlabelled tasks when asked to).
+        self.on_new_version: Callable[[ModelVersion], None] | None = None
 
     @property
     def encoder_id(self) -> str:
@@ -157,13 +158,10 @@ class FeedbackService:
 
         Without Label Studio's URL and a token nothing is fetched and training uses the feedback already recorded.
         """
-        state = self.store.get_project(pid)
-        ctx, auth = self.predictor.source_context(state)
-        if not ctx.base_url or auth is None:
+        client = self.predictor.label_studio_client(self.store.get_project(pid))
+        if client is None:
             logger.info("project=%s: no Label Studio URL/token, training on recorded feedback only", pid)
             return 0
-        client = LabelStudioClient.with_auth(auth, self.predictor.fetcher.session,
-                                             max(60.0, self.predictor.fetcher.timeout_s))
         try:
             tasks = client.export(int(pid))
         except CliplabelError as exc:
@@ -283,6 +281,11 @@ class FeedbackService:
         self.metrics.inc("retrains_accepted")
         logger.info("project=%s new version=%s examples=%d in %.2fs", pid, version.name, len(feedback),
                     time.perf_counter() - started)
+        if self.on_new_version is not None:
+            try:
+                self.on_new_version(version)
+            except CliplabelError as exc:  # the version stands; only the follow-up re-score could not start
+                logger.warning("project=%s: no re-score after %s: %s", pid, version.name, exc.detail)
         return version
 
     def _fit_control(self, control: Control, examples: list[FeedbackExample], current: train.Head | None

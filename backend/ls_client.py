@@ -73,10 +73,19 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def predictions(self, project_id: int) -> list[dict[str, Any]]:
+        """Every prediction of a project (all model versions)."""
+        body = self._call("GET", "/api/predictions", params={"project": project_id})
+        return [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+
     def predicted_task_ids(self, project_id: int, model_version: str) -> set[int]:
         """Tasks that already hold a prediction of this model version (what a resumed job skips)."""
-        preds = self._call("GET", "/api/predictions", params={"project": project_id})
-        return {int(p["task"]) for p in preds if p.get("model_version") == model_version}
+        return {int(p["task"]) for p in self.predictions(project_id) if p.get("model_version") == model_version}
+
+    def task_prediction_versions(self, task_id: int) -> list[str]:
+        """The model versions of one task's predictions (a retried bulk chunk checks what it already wrote)."""
+        preds = self._call("GET", "/api/predictions", params={"task": task_id})
+        return [str(p.get("model_version")) for p in preds if isinstance(p, dict) and int(p.get("task", -1)) == task_id]
 
     def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> None:
         self._call("POST", "/api/predictions", json={"task": task_id, **prediction})

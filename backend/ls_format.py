@@ -168,6 +168,19 @@ def annotated_regions(result: object) -> tuple[AnnotatedRegion, ...]:
     return tuple(out)
 
 
+def scored_labels(result: object) -> list[tuple[str, str, float | None]]:
+    """(control, label, score) for every labelled item of a prediction's or annotation's `result`."""
+    out: list[tuple[str, str, float | None]] = []
+    for item in result if isinstance(result, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        from_name, kind = item.get("from_name"), str(item.get("type", "")).lower()
+        labels = item["value"].get(kind) if kind in ("choices", "rectanglelabels") else None
+        if isinstance(from_name, str) and isinstance(labels, list):
+            out.extend((from_name, str(label), _number(item.get("score"))) for label in labels if isinstance(label, str))
+    return out
+
+
 def annotation_event(annotation: object, task: object, project: object) -> AnnotationEvent:
     """An annotation from a webhook payload (or an export's task) as a domain event.
 

@@ -7,14 +7,16 @@ against each control's prompt-ensemble class vectors. A task that fails gets an 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from backend import classify, images, ls_format, prompts, regions, sources
 from backend.detect import BoxDetector, BoxImage, DetectorConfig
@@ -23,10 +25,35 @@ from backend.embeddings import EmbeddingService, content_hash
 from backend.errors import CliplabelError
 from backend.fetch import ImageFetcher
 from backend.ls_auth import LabelStudioAuth
+from backend.ls_client import LabelStudioClient
 from backend.metrics import Metrics
 from backend.train import Head
 
 logger = logging.getLogger(__name__)
+
+
+REF_NS = "image-ref"
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    """What the reference index remembers of an image a task pointed at: its content hash and upright size."""
+
+    content_hash: str
+    wh: tuple[int, int] | None
+
+
+def _image_ref(task: object, key: str) -> str | None:
+    try:
+        ref = ls_format.task_image_ref(task, key)
+    except CliplabelError:
+        return None
+    return None if ref.startswith("data:") else ref  # inline images carry their bytes: nothing to remember
+
+
+def _ref_key(ctx: sources.SourceContext, ref: str | None) -> str:
+    # Relative references (/data/upload/...) mean different files on different Label Studio hosts.
+    return hashlib.sha256(f"{ctx.base_url or ''}|{ref}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -69,6 +96,14 @@ class Predictor:
                                                          self.fetcher.timeout_s)
         return ctx, auth
 
+    def label_studio_client(self, project: ProjectState | None) -> LabelStudioClient | None:
+        """An API client for the project's Label Studio, with the same URL and credentials as image downloads."""
+        ctx, auth = self.source_context(project)
+        if not ctx.base_url or auth is None:
+            return None
+        # Exports and task listings of large projects take longer than one image download.
+        return LabelStudioClient.with_auth(auth, self.fetcher.session, max(60.0, self.fetcher.timeout_s))
+
     # -- class vectors ---------------------------------------------------------------------------------------------
     def class_vectors(self, control: Control) -> np.ndarray:
         """(K, D) prompt-ensemble vectors of a control's classes (computed once per label set)."""
@@ -77,11 +112,13 @@ class Predictor:
     # -- prediction ------------------------------------------------------------------------------------------------
     def predict(self, tasks: Sequence[object], config: LabelConfig, project: ProjectState | None,
                 model_version: str, params: dict[str, Any] | None = None,
-                heads: Mapping[str, Head] | None = None) -> list[TaskPrediction]:
+                heads: Mapping[str, Head] | None = None, from_cache: bool = False) -> list[TaskPrediction]:
         """One prediction per task, in task order; failures become empty predictions with `error` set.
 
         With `params.context` holding regions an annotator drew (interactive pre-annotation), the answer is those
-        regions labelled, not a full prediction.
+        regions labelled, not a full prediction. With `from_cache` (re-scoring a project after a retrain), an image
+        seen before under the same reference is not downloaded again: its cached embeddings, proposals and crops
+        are scored against the new heads, and only what is missing from the cache is fetched.
         """
         ids = [ls_format.task_id(t) for t in tasks]
         self.metrics.inc("tasks_received", len(tasks))
@@ -94,17 +131,26 @@ class Predictor:
         ctx, auth = self.source_context(project)
         keys = sorted({c.image_key for c in (*choice_controls, *rect_controls)})
         jobs = [(ti, k) for ti in range(len(tasks)) for k in keys]
-        fetched = list(self.pool.map(lambda job: self._fetch(tasks[job[0]], ids[job[0]], job[1], ctx, auth), jobs))
+        refs = {job: _image_ref(tasks[job[0]], job[1]) for job in jobs}
+        known = self._known_images(refs, ctx, {c.image_key for c in choice_controls},
+                                   {c.image_key for c in rect_controls}) if from_cache and not drawn else {}
+        to_fetch = [job for job in jobs if job not in known]
+        fetched = list(self.pool.map(lambda job: self._fetch(tasks[job[0]], ids[job[0]], job[1], ctx, auth),
+                                     to_fetch))
         errors: dict[int, str] = {}
         blobs: dict[tuple[int, str], bytes] = {}
-        for job, result in zip(jobs, fetched):
+        for job, result in zip(to_fetch, fetched):
             if isinstance(result, CliplabelError):
                 errors.setdefault(job[0], result.detail)
             else:
                 blobs[job] = result
         heads = heads or {}
-        choices = self._choices(choice_controls, blobs, errors, len(tasks), heads)
-        regions_by_task = self._regions(rect_controls, drawn, blobs, errors, len(tasks), heads)
+        lazy = {job: BoxImage(ref.content_hash, wh=ref.wh, load=self._loader(tasks[job[0]], ids[job[0]], job[1], ctx,
+                                                                                auth))
+                for job, ref in known.items() if ref.wh is not None}
+        choices = self._choices(choice_controls, blobs, known, errors, len(tasks), heads)
+        regions_by_task, decoded = self._regions(rect_controls, drawn, blobs, lazy, errors, len(tasks), heads)
+        self._remember_refs(refs, ctx, blobs, decoded)
         out = []
         for ti in range(len(tasks)):
             if ti in errors:
@@ -115,15 +161,66 @@ class Predictor:
                 out.append(TaskPrediction(task_id=ids[ti], model_version=model_version, choices=tuple(choices[ti]),
                                           regions=tuple(regions_by_task[ti])))
         self.metrics.inc("tasks_predicted", len(tasks) - len(errors))
+        self.metrics.inc("images_from_cache", len(known))
         return out
 
-    def _choices(self, controls: Sequence[Control], blobs: dict[tuple[int, str], bytes], errors: dict[int, str],
-                 n_tasks: int, heads: Mapping[str, Head]) -> list[list[ChoicePrediction]]:
+    # -- the reference index: which image a task's reference pointed at, for re-scoring without downloads --------
+    def _known_images(self, refs: Mapping[tuple[int, str], str | None], ctx: sources.SourceContext,
+                      choice_keys: set[str], rect_keys: set[str]) -> dict[tuple[int, str], KnownImage]:
+        """Jobs whose image was seen before and whose cached state is enough to score it without the bytes."""
+        known: dict[tuple[int, str], KnownImage] = {}
+        for job, ref in refs.items():
+            raw = self.embeddings.store.get_blob(REF_NS, _ref_key(ctx, ref)) if ref else None
+            if raw is None:
+                continue
+            try:
+                meta = json.loads(raw)
+                image = KnownImage(str(meta["hash"]), tuple(meta["wh"]) if meta.get("wh") else None)  # type: ignore[arg-type]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if job[1] in rect_keys and image.wh is None:
+                continue
+            known[job] = image
+        need_vectors = [job for job in known if job[1] in choice_keys]
+        vectors = self.embeddings.cached_images([known[j].content_hash for j in need_vectors])
+        for job, vec in zip(need_vectors, vectors):
+            if vec is None:
+                del known[job]  # never encoded (or evicted): download it like any other
+        return known
+
+    def _remember_refs(self, refs: Mapping[tuple[int, str], str | None], ctx: sources.SourceContext,
+                       blobs: Mapping[tuple[int, str], bytes], decoded: Mapping[tuple[int, str], BoxImage]) -> None:
+        for job, blob in blobs.items():
+            ref = refs.get(job)
+            if ref:
+                item = decoded.get(job)
+                self.embeddings.store.put_blob(REF_NS, _ref_key(ctx, ref), json.dumps(
+                    {"hash": content_hash(blob), "wh": list(item.wh) if item is not None else None}))
+
+    def _loader(self, task: object, task_id: int | None, key: str, ctx: sources.SourceContext,
+                auth: LabelStudioAuth | None) -> Callable[[], Image.Image]:
+        def load() -> Image.Image:
+            result = self._fetch(task, task_id, key, ctx, auth)
+            if isinstance(result, CliplabelError):
+                raise result
+            return self.decode_full(result).image
+
+        return load
+
+    def _choices(self, controls: Sequence[Control], blobs: dict[tuple[int, str], bytes],
+                 known: Mapping[tuple[int, str], KnownImage], errors: dict[int, str], n_tasks: int,
+                 heads: Mapping[str, Head]) -> list[list[ChoicePrediction]]:
         per_task: list[list[ChoicePrediction]] = [[] for _ in range(n_tasks)]
         if not controls:
             return per_task
         wanted = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks) if (ti, c.image_key) in blobs})
+        from_cache = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks) if (ti, c.image_key) in known})
         emb_of: dict[tuple[int, str], np.ndarray] = {}
+        for job, vec in zip(from_cache, self.embeddings.cached_images([known[j].content_hash for j in from_cache])):
+            if vec is None:
+                errors.setdefault(job[0], "the cached embedding of this image disappeared; predict it again")
+            else:
+                emb_of[job] = vec
         for job, emb in zip(wanted, self.embeddings.images([blobs[j] for j in wanted])):
             if isinstance(emb, CliplabelError):
                 errors.setdefault(job[0], emb.detail)
@@ -143,11 +240,13 @@ class Predictor:
         return per_task
 
     def _regions(self, controls: Sequence[Control], drawn: Sequence[DrawnRegion],
-                 blobs: dict[tuple[int, str], bytes], errors: dict[int, str], n_tasks: int,
-                 heads: Mapping[str, Head]) -> list[list[RegionPrediction]]:
+                 blobs: dict[tuple[int, str], bytes], lazy: Mapping[tuple[int, str], BoxImage], errors: dict[int, str],
+                 n_tasks: int, heads: Mapping[str, Head]
+                 ) -> tuple[list[list[RegionPrediction]], dict[tuple[int, str], BoxImage]]:
+        """Boxes per task, and the images decoded on the way (their sizes go into the reference index)."""
         per_task: list[list[RegionPrediction]] = [[] for _ in range(n_tasks)]
         if not controls:
-            return per_task
+            return per_task, {}
         wanted = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks)
                          if ti not in errors and (ti, c.image_key) in blobs})
         decoded = dict(zip(wanted, self.pool.map(lambda j: self._decode_full(blobs[j]), wanted)))
@@ -157,17 +256,33 @@ class Predictor:
                 errors.setdefault(job[0], item.detail)
             else:
                 items[job] = item
+        fresh = dict(items)
+        items.update(lazy)
         if drawn:
             for ti in range(n_tasks):
                 per_task[ti] = self._interactive(controls, drawn, items, ti, heads) if ti not in errors else []
-            return per_task
+            return per_task, fresh
         for control in controls:
             rows = [ti for ti in range(n_tasks) if ti not in errors and (ti, control.image_key) in items]
-            found = self.detector.detect([items[(ti, control.image_key)] for ti in rows], control,
-                                         heads.get(control.from_name)) if rows else []
+            try:
+                found = self.detector.detect([items[(ti, control.image_key)] for ti in rows], control,
+                                             heads.get(control.from_name)) if rows else []
+            except CliplabelError:
+                if not any((ti, control.image_key) in lazy for ti in rows):
+                    raise
+                # A cached image had to be downloaded after all and that failed: score the images one by one so
+                # only the broken task loses its prediction.
+                found = []
+                for ti in rows:
+                    try:
+                        found.extend(self.detector.detect([items[(ti, control.image_key)]], control,
+                                                          heads.get(control.from_name)))
+                    except CliplabelError as exc:
+                        errors.setdefault(ti, exc.detail)
+                        found.append([])
             for ti, regs in zip(rows, found):
                 per_task[ti].extend(regs)
-        return per_task
+        return per_task, fresh
 
     def _interactive(self, controls: Sequence[Control], drawn: Sequence[DrawnRegion],
                      items: dict[tuple[int, str], BoxImage], ti: int, heads: Mapping[str, Head]

@@ -1,61 +1,286 @@
-"""Bulk pre-labelling of a whole Label Studio project: read its tasks, predict in full batches, write predictions back.
+"""Bulk jobs on a whole Label Studio project: pre-label every task, or re-score the unlabelled ones after a retrain.
 
-Resumable: tasks that already hold a prediction of the current model version are skipped, so a killed run is
-finished by running it again, without duplicates.
+A job is planned once: the project's tasks are listed, those already holding a prediction of the job's model version
+are skipped, and the rest are cut into chunks. Each chunk is then run by whoever has time: the API process's
+background thread on the embedded store, any number of `cliplabel worker` processes (on any machine) with Redis, or
+the CLI inline. A finished chunk is recorded once (`Store.add_part`), so a chunk delivered twice is neither predicted
+nor counted twice, and a chunk interrupted midway is re-checked against Label Studio before its tasks are predicted
+again. Label Studio's 100 s request limit never applies: every request here carries at most one page or one task.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from backend import label_config, ls_format
-from backend.domain import ProjectState
+from backend.domain import ModelVersion, ProjectState
+from backend.errors import CliplabelError, InvalidRequestError, NotFoundError
 from backend.ls_client import LabelStudioClient
-from backend.service import Services
+from backend.predict import Predictor
+from backend.store import Store
+from backend.train import Head
 from backend.versions import current_version
 
 logger = logging.getLogger(__name__)
+SPEC_NS = "bulk-job"  # blob: the job's spec; parts: plan, started:<i>, chunk:<i>
+TASKS_NS = "bulk-tasks"  # blob per chunk: its tasks
+ERROR_NS = "bulk-error"  # blob: the last error of a job (shown by its status until the job finishes)
+INDEX_NS = "bulk-jobs"  # parts per project: job id → created_at
+MAX_ERRORS = 20
+
+JobKind = Literal["prelabel", "rescore"]
+JobState = Literal["planning", "running", "done", "failed"]
 
 
 @dataclass(frozen=True)
-class PrelabelStats:
+class JobSpec:
+    job_id: str
+    project_id: str
+    kind: JobKind
+    chunk_size: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    model_version: str
+    label_config: str
     total: int
     skipped: int
+    chunks: int
+    planned_at: float
+
+
+@dataclass(frozen=True)
+class ChunkResult:
     predicted: int
     failed: int
+    errors: tuple[str, ...]
+    worker: str
     seconds: float
-    model_version: str
+    finished_at: float
 
 
-def prelabel_project(services: Services, client: LabelStudioClient, project_id: int, batch: int = 64,
-                     progress: Callable[[int, int], None] | None = None) -> PrelabelStats:
-    started = time.monotonic()
-    project = client.project(project_id)
-    schema = str(project.get("label_config", ""))
-    config = label_config.parse_label_config(schema)
-    pid = str(project_id)
-    # Images are fetched from Label Studio with the configured URL and key (the settings win over /setup's values).
-    state = services.store.get_project(pid) or ProjectState(project_id=pid, label_config=schema)
-    version = current_version(services.store, pid, services.encoder.encoder_id, services.slug)
-    heads = services.feedback.heads_for(version)
-    done = client.predicted_task_ids(project_id, version.name)
-    todo = [t for t in client.tasks(project_id) if t.get("id") not in done]
-    total = len(todo) + len(done)
-    predicted = failed = 0
-    for i in range(0, len(todo), batch):
-        chunk = todo[i:i + batch]
-        for task, pred in zip(chunk, services.predictor.predict(chunk, config, state, version.name, {}, heads)):
+@dataclass(frozen=True)
+class JobStatus:
+    """What `GET /jobs/{id}` answers: done/total, rate, ETA and errors."""
+
+    job_id: str
+    project_id: str
+    kind: JobKind
+    state: JobState
+    model_version: str | None
+    total: int
+    done: int
+    predicted: int
+    skipped: int
+    failed: int
+    chunks: int
+    chunks_done: int
+    rate_tasks_per_s: float | None
+    eta_s: float | None
+    errors: tuple[str, ...]
+    workers: tuple[str, ...]
+    created_at: float
+    detail: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:6]}"
+
+
+def _unlabelled(task: dict[str, Any]) -> bool:
+    count = task.get("total_annotations")
+    if isinstance(count, int):
+        return count - int(task.get("cancelled_annotations") or 0) <= 0
+    return not task.get("annotations")
+
+
+class BulkJobs:
+    """Creates, plans, runs and reports bulk jobs; state lives in the store, so any process can do any step."""
+
+    def __init__(self, store: Store, predictor: Predictor, slug: str,
+                 heads_for: Callable[[ModelVersion], dict[str, Head]]) -> None:
+        self.store = store
+        self.predictor = predictor
+        self.slug = slug
+        self.heads_for = heads_for
+        self.worker = worker_name()
+
+    @property
+    def encoder_id(self) -> str:
+        return self.predictor.embeddings.encoder.encoder_id
+
+    def client(self, project_id: str) -> LabelStudioClient:
+        """A Label Studio API client for a project: the configured URL and key, else what its /setup sent.
+
+        Raises:
+            InvalidRequestError: neither is known.
+        """
+        client = self.predictor.label_studio_client(self.store.get_project(project_id))
+        if client is None:
+            raise InvalidRequestError(
+                f"bulk jobs on project {project_id} need Label Studio's API: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY, or connect the project in Label Studio (its /setup sends both)")
+        return client
+
+    # -- create ------------------------------------------------------------------------------------------------------
+    def create(self, project_id: str, kind: JobKind, chunk_size: int) -> JobSpec:
+        self.client(project_id)  # fail now, with a 400, rather than in a worker later
+        spec = JobSpec(job_id=uuid.uuid4().hex[:16], project_id=project_id, kind=kind, chunk_size=chunk_size,
+                       created_at=time.time())
+        self.store.put_blob(SPEC_NS, spec.job_id, json.dumps(asdict(spec)))
+        self.store.add_part(INDEX_NS, project_id, spec.job_id, str(spec.created_at))
+        logger.info("bulk job=%s %s project=%s created", spec.job_id, kind, project_id)
+        return spec
+
+    def spec(self, job_id: str) -> JobSpec:
+        raw = self.store.get_blob(SPEC_NS, job_id)
+        if raw is None:
+            raise NotFoundError(f"no bulk job {job_id!r}")
+        return JobSpec(**json.loads(raw))
+
+    # -- plan --------------------------------------------------------------------------------------------------------
+    def plan(self, job_id: str) -> Plan:
+        """Lists the tasks still to do and cuts them into chunks (once: a second call returns the first plan)."""
+        spec = self.spec(job_id)
+        existing = self.store.list_parts(SPEC_NS, job_id).get("plan")
+        if existing is not None:
+            return Plan(**json.loads(existing))
+        client = self.client(spec.project_id)
+        schema = str(client.project(int(spec.project_id)).get("label_config", ""))
+        label_config.parse_label_config(schema)  # a broken config fails the plan, not every chunk
+        version = current_version(self.store, spec.project_id, self.encoder_id, self.slug)
+        done = client.predicted_task_ids(int(spec.project_id), version.name)
+        todo = []
+        total = 0
+        for task in client.tasks(int(spec.project_id)):
+            if spec.kind == "rescore" and not _unlabelled(task):
+                continue  # an annotated task needs no pre-label
+            total += 1
+            if task.get("id") not in done:
+                todo.append({"id": task.get("id"), "data": task.get("data")})
+        chunks = [todo[i:i + spec.chunk_size] for i in range(0, len(todo), spec.chunk_size)]
+        for i, chunk in enumerate(chunks):
+            self.store.put_blob(TASKS_NS, f"{job_id}:{i}", json.dumps(chunk))
+        plan = Plan(model_version=version.name, label_config=schema, total=total, skipped=total - len(todo),
+                    chunks=len(chunks), planned_at=time.time())
+        if not self.store.add_part(SPEC_NS, job_id, "plan", json.dumps(asdict(plan))):
+            return Plan(**json.loads(self.store.list_parts(SPEC_NS, job_id)["plan"]))  # another process won
+        logger.info("bulk job=%s planned: %d tasks to predict in %d chunks, %d skipped", job_id, len(todo),
+                    len(chunks), plan.skipped)
+        return plan
+
+    # -- run one chunk -----------------------------------------------------------------------------------------------
+    def run_chunk(self, job_id: str, index: int) -> ChunkResult | None:
+        """Predicts one chunk and writes its predictions to Label Studio; None when it was already done."""
+        parts = self.store.list_parts(SPEC_NS, job_id)
+        if f"chunk:{index}" in parts:
+            return None
+        started = time.monotonic()
+        spec = self.spec(job_id)
+        plan = Plan(**json.loads(parts["plan"]))
+        raw = self.store.get_blob(TASKS_NS, f"{job_id}:{index}")
+        if raw is None:
+            raise NotFoundError(f"bulk job {job_id} has no chunk {index}")
+        tasks: list[dict[str, Any]] = json.loads(raw)
+        client = self.client(spec.project_id)
+        if not self.store.add_part(SPEC_NS, job_id, f"started:{index}", self.worker):
+            # Someone started this chunk and did not finish it (a crash, a redelivery): skip what it wrote.
+            have = {t["id"] for t in tasks if plan.model_version in client.task_prediction_versions(int(t["id"]))}
+            tasks = [t for t in tasks if t["id"] not in have]
+        config = label_config.parse_label_config(plan.label_config)
+        state = self.store.get_project(spec.project_id) or ProjectState(project_id=spec.project_id,
+                                                                      label_config=plan.label_config)
+        version = next((v for v in self.store.list_versions(spec.project_id, self.encoder_id)
+                        if v.name == plan.model_version), None)
+        heads = self.heads_for(version) if version is not None else {}
+        predicted, errors = 0, []
+        preds = self.predictor.predict(tasks, config, state, plan.model_version, {}, heads,
+                                       from_cache=spec.kind == "rescore") if tasks else []
+        for task, pred in zip(tasks, preds):
             if pred.error is not None or (not pred.choices and not pred.regions):
-                failed += 1
+                errors.append(f"task {task['id']}: {pred.error or 'nothing found'}")
                 continue
             client.create_prediction(int(task["id"]), ls_format.prediction_json(pred))
             predicted += 1
-        if progress is not None:
-            progress(len(done) + min(i + batch, len(todo)), total)
-    stats = PrelabelStats(total=total, skipped=len(done), predicted=predicted, failed=failed,
-                          seconds=round(time.monotonic() - started, 2), model_version=version.name)
-    logger.info("prelabel project=%s %s", pid, stats)
-    return stats
+        result = ChunkResult(predicted=predicted, failed=len(errors), errors=tuple(errors[:MAX_ERRORS]),
+                             worker=self.worker, seconds=round(time.monotonic() - started, 3),
+                             finished_at=time.time())
+        if not self.store.add_part(SPEC_NS, job_id, f"chunk:{index}", json.dumps(asdict(result))):
+            logger.warning("bulk job=%s chunk=%d finished twice; counted once", job_id, index)
+        return result
+
+    def run_all(self, job_id: str, should_stop: Callable[[], bool] = lambda: False,
+                progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
+        """Plans and runs every chunk here, in order (the CLI and the embedded thread)."""
+        try:
+            plan = self.plan(job_id)
+            if progress is not None:
+                progress(self.status(job_id))
+            for i in range(plan.chunks):
+                if should_stop():
+                    break
+                self.run_chunk(job_id, i)
+                if progress is not None:
+                    progress(self.status(job_id))
+        except CliplabelError as exc:
+            self.record_error(job_id, exc.detail, final=True)
+            raise
+        return self.status(job_id)
+
+    def record_error(self, job_id: str, detail: str, final: bool = False) -> None:
+        logger.warning("bulk job=%s: %s", job_id, detail)
+        self.store.put_blob(ERROR_NS, job_id, detail)
+        if final:
+            self.store.add_part(SPEC_NS, job_id, "failed", detail)
+
+    # -- report ------------------------------------------------------------------------------------------------------
+    def status(self, job_id: str) -> JobStatus:
+        spec = self.spec(job_id)
+        parts = self.store.list_parts(SPEC_NS, job_id)
+        plan = Plan(**json.loads(parts["plan"])) if "plan" in parts else None
+        results = [ChunkResult(**{**json.loads(v), "errors": tuple(json.loads(v)["errors"])})
+                   for k, v in parts.items() if k.startswith("chunk:")]
+        predicted = sum(r.predicted for r in results)
+        failed = sum(r.failed for r in results)
+        skipped = plan.skipped if plan else 0
+        total = plan.total if plan else 0
+        processed = predicted + failed
+        rate = eta = None
+        if plan is not None and results:
+            elapsed = max(r.finished_at for r in results) - plan.planned_at
+            rate = round(processed / elapsed, 2) if elapsed > 0 else None
+            remaining = total - skipped - processed
+            eta = round(remaining / rate, 1) if rate else None
+        last_error = self.store.get_blob(ERROR_NS, job_id)
+        state: JobState
+        if "failed" in parts:
+            state = "failed"
+        elif plan is None:
+            state = "planning"
+        elif len(results) >= plan.chunks:
+            state, last_error = "done", None
+        else:
+            state = "running"
+        errors = tuple(e for r in sorted(results, key=lambda r: r.finished_at) for e in r.errors)[-MAX_ERRORS:]
+        return JobStatus(job_id=job_id, project_id=spec.project_id, kind=spec.kind, state=state,
+                         model_version=plan.model_version if plan else None, total=total,
+                         done=skipped + processed, predicted=predicted, skipped=skipped, failed=failed,
+                         chunks=plan.chunks if plan else 0, chunks_done=len(results), rate_tasks_per_s=rate,
+                         eta_s=eta, errors=errors, workers=tuple(sorted({r.worker for r in results})),
+                         created_at=spec.created_at, detail=parts.get("failed") or last_error)
+
+    def list(self, project_id: str) -> list[JobStatus]:
+        index = self.store.list_parts(INDEX_NS, project_id)
+        return [self.status(j) for j, _ in sorted(index.items(), key=lambda kv: float(kv[1]))]

@@ -9,19 +9,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from backend import label_config, ls_format, prompts
+from backend import label_config, ls_format, prompts, report
+from backend.batcher import MicroBatcher
 from backend.boxes import BoxParams
 from backend.config import Settings
 from backend.detect import DEFAULT_BACKGROUND_PROMPTS, DetectorConfig
-from backend.domain import Encoder, LabelConfig, ProjectState
+from backend.domain import Encoder, LabelConfig, ModelVersion, ProjectState
 from backend.embeddings import EmbeddingService
 from backend.errors import CliplabelError, InvalidRequestError
 from backend.feedback import FeedbackService
 from backend.fetch import ImageFetcher
-from backend.jobs import BackgroundThread, RqTrigger, Trigger
+from backend.jobs import BackgroundThread, BulkThread, Dispatcher, RqBulk, RqTrigger, Trigger
 from backend.metrics import Metrics
 from backend.predict import LabelStudioDefaults, Predictor
+from backend.prelabel import BulkJobs, JobKind, JobStatus
 from backend.proposals import ProposalParams
+from backend.report import QualityReport
 from backend.store import Store, open_store
 from backend.versions import current_version
 
@@ -40,6 +43,8 @@ class Services:
     slug: str
     feedback: FeedbackService
     trigger: Trigger | None
+    bulk: BulkJobs
+    dispatcher: Dispatcher | None
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
@@ -96,10 +101,40 @@ class Services:
         current_version(self.store, pid, self.encoder.encoder_id, self.slug)
         return [v.name for v in self.store.list_versions(pid, self.encoder.encoder_id)]
 
+    def start_job(self, project: object, kind: JobKind, chunk_size: int) -> JobStatus:
+        """Creates a bulk job and hands it to the background (thread or rq workers); answers at once."""
+        if self.dispatcher is None:
+            raise InvalidRequestError("this process does not run bulk jobs")
+        spec = self.bulk.create(ls_format.project_id(project), kind, chunk_size)
+        self.dispatcher.start(spec.job_id)
+        return self.bulk.status(spec.job_id)
+
+    def _rescore_after_train(self, version: ModelVersion) -> None:
+        status = self.start_job(version.project_id, "rescore", self.settings.batch_size * 2)
+        logger.info("project=%s: re-scoring unlabelled tasks with %s as bulk job %s", version.project_id,
+                    version.name, status.job_id)
+
+    def report(self, project: object) -> QualityReport:
+        """The quality report of a project, from Label Studio's tasks and predictions and our feedback store."""
+        pid = ls_format.project_id(project)
+        state = self.store.get_project(pid)
+        client = self.bulk.client(pid)
+        schema = state.label_config if state else str(client.project(int(pid)).get("label_config", ""))
+        config = label_config.parse_label_config(schema)
+        version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
+        return report.build_report(pid, version.name, list(client.tasks(int(pid))), client.predictions(int(pid)),
+                                   self.store.list_versions(pid, self.encoder.encoder_id),
+                                   self.store.list_feedback(pid),
+                                   [(c.from_name, v) for c in config.controls for v in c.values])
+
     def close(self, close_store: bool) -> None:
         if self.trigger is not None:
             self.trigger.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(self.encoder, MicroBatcher):
+            self.encoder.close()
         if close_store:
             self.store.close()
 
@@ -126,6 +161,8 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         from backend.encoder import load_encoder
 
         encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads)
+    if settings.microbatch:
+        encoder = MicroBatcher(encoder, settings.batch_size, settings.microbatch_wait_ms)
     if store is None:
         store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
     store.ping()
@@ -144,9 +181,17 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
                           detector_config(settings))
     slug = getattr(encoder, "slug", "clip")
     feedback = FeedbackService(store, predictor, metrics, settings.retrain_every, slug)
+    bulk = BulkJobs(store, predictor, slug, feedback.heads_for)
     trigger: Trigger | None = None
-    if not worker:
-        trigger = RqTrigger(settings.redis_url, settings.redis_prefix) if settings.redis_url \
-            else BackgroundThread(feedback)
-    return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics, pool=pool,
-                    slug=slug, feedback=feedback, trigger=trigger)
+    dispatcher: Dispatcher | None = None
+    if settings.redis_url:
+        # Workers dispatch too: a retrain in a worker starts its re-score on the bulk queue.
+        dispatcher = RqBulk(settings.redis_url, settings.redis_prefix)
+        trigger = None if worker else RqTrigger(settings.redis_url, settings.redis_prefix)
+    elif not worker:
+        trigger, dispatcher = BackgroundThread(feedback), BulkThread(bulk)
+    services = Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics,
+                        pool=pool, slug=slug, feedback=feedback, trigger=trigger, bulk=bulk, dispatcher=dispatcher)
+    if settings.rescore_after_train and dispatcher is not None:
+        feedback.on_new_version = services._rescore_after_train
+    return services

@@ -78,9 +78,9 @@ def test_image_commands_run_natively(tiny_model_dir: Path, tmp_path: Path, redis
         # basic auth is on: the healthcheck authenticated, a bare request does not
         assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 401
         deadline = time.monotonic() + 60
-        while "worker listening" not in (tmp_path / "worker.log").read_text() and time.monotonic() < deadline:
+        while "listening on queues=" not in (tmp_path / "worker.log").read_text() and time.monotonic() < deadline:
             time.sleep(0.3)
-        assert "worker listening" in (tmp_path / "worker.log").read_text()
+        assert "listening on queues=" in (tmp_path / "worker.log").read_text()
     finally:
         for p in (proc, worker):
             os.killpg(p.pid, signal.SIGTERM)

@@ -58,6 +58,15 @@ class Store(Protocol):
 
     def get_blob(self, namespace: str, key: str) -> str | None: ...
 
+    def add_part(self, namespace: str, key: str, part: str, data: str) -> bool:
+        """Records one named part of a record once: True when new, False (changing nothing) when already there.
+
+        Bulk jobs record each finished chunk this way, so a chunk delivered twice is counted once.
+        """
+
+    def list_parts(self, namespace: str, key: str) -> dict[str, str]:
+        """Every part recorded under a record, part name → data."""
+
     def close(self) -> None: ...
 
 

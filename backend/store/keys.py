@@ -34,6 +34,9 @@ class Keys:
     def blob(self, namespace: str, key: str) -> str:
         return f"{self.base}:blob:{namespace}:{key}"
 
+    def parts(self, namespace: str, key: str) -> str:
+        return f"{self.base}:parts:{namespace}:{key}"
+
     def lock(self, name: str) -> str:
         return f"{self.base}:lock:{name}"
 

@@ -112,5 +112,13 @@ class RedisStore:
         raw = self._call(self._redis.get, self.keys.blob(namespace, key))
         return raw.decode() if isinstance(raw, bytes) else raw
 
+    def add_part(self, namespace: str, key: str, part: str, data: str) -> bool:
+        return bool(self._call(self._redis.hsetnx, self.keys.parts(namespace, key), part, data))
+
+    def list_parts(self, namespace: str, key: str) -> dict[str, str]:
+        items = self._call(self._redis.hgetall, self.keys.parts(namespace, key))
+        return {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+                for k, v in items.items()}
+
     def close(self) -> None:
         self._redis.close()

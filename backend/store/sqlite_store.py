@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs (namespace TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (namespace, key));
+CREATE TABLE IF NOT EXISTS parts (namespace TEXT NOT NULL, key TEXT NOT NULL, part TEXT NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (namespace, key, part));
 """
 _MAX_VARS = 500  # stay under SQLite's bound-parameter limit
 
@@ -161,6 +163,15 @@ class SqliteStore:
     def get_blob(self, namespace: str, key: str) -> str | None:
         row = self._conn().execute("SELECT data FROM blobs WHERE namespace=? AND key=?", (namespace, key)).fetchone()
         return str(row[0]) if row else None
+
+    def add_part(self, namespace: str, key: str, part: str, data: str) -> bool:
+        cur = self._conn().execute("INSERT OR IGNORE INTO parts VALUES (?, ?, ?, ?)", (namespace, key, part, data))
+        return cur.rowcount == 1
+
+    def list_parts(self, namespace: str, key: str) -> dict[str, str]:
+        rows = self._conn().execute("SELECT part, data FROM parts WHERE namespace=? AND key=?",
+                                    (namespace, key)).fetchall()
+        return {str(a): str(b) for a, b in rows}
 
     def close(self) -> None:
         with self._all_lock:

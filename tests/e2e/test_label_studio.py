@@ -5,26 +5,21 @@ Each step raises `StepError` naming itself. Run alone with `python -m pytest -m 
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from backend.store import open_store
 from tests import synthetic
 from tests.e2e import labelstudio
-from tests.e2e.labelstudio import LabelStudio, StepError
-from tests.support import free_port
+from tests.e2e.cliplabel_procs import ROOT, _label_of, _retrieve, _upload, _versions, _wait_version, start_backend
+from tests.e2e.labelstudio import StepError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 SHAPES = ("Circle", "Square", "Triangle", "Star")
 SHIFTED = {"Type A": ("red", "circle"), "Type B": ("blue", "square"), "Type C": ("green", "triangle"),
            "Type D": ("yellow", "star")}
@@ -32,74 +27,9 @@ SHIFTED_CONFIG = ('<View><Image name="image" value="$image"/><Choices name="kind
                   + "".join(f'<Choice value="{k}"/>' for k in SHIFTED) + "</Choices></View>")
 
 
-def _backend(tmp: Path, model_dir: Path, redis: tuple[str, str] | None) -> tuple[str, list[subprocess.Popen]]:  # type: ignore[type-arg]
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPLABEL_", "LABEL_STUDIO_", "BASIC_AUTH"))}
-    env.update({"CLIPLABEL_MODEL": f"local-dir:{model_dir}", "CLIPLABEL_DATA_DIR": str(tmp / "backend"),
-                "CLIPLABEL_RETRAIN_EVERY": "1000"})
-    if redis:
-        env.update({"CLIPLABEL_REDIS_URL": redis[0], "CLIPLABEL_REDIS_PREFIX": redis[1]})
-    procs = []
-    with (tmp / "serve.log").open("wb") as log:
-        procs.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)], cwd=ROOT,
-                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    if redis:
-        with (tmp / "worker.log").open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], cwd=ROOT, env=env,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return url, procs
-        except requests.RequestException:
-            time.sleep(0.3)
-    raise StepError(f"start cliplabel: no /health; log: {(tmp / 'serve.log').read_text()[-2000:]}")
-
-
-def _upload(ls: LabelStudio, project: int, images: list[tuple[str, bytes]], step: str) -> list[dict]:
-    files = {f"f{i}": (name, io.BytesIO(data), "image/png") for i, (name, data) in enumerate(images)}
-    ls.api("POST", f"/api/projects/{project}/import", step, files=files)
-    tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=1000", step)
-    tasks = tasks["tasks"] if isinstance(tasks, dict) else tasks
-    if len(tasks) != len(images):
-        raise StepError(f"{step}: {len(images)} images uploaded, {len(tasks)} tasks created")
-    return sorted(tasks, key=lambda t: t["id"])
-
-
-def _retrieve(ls: LabelStudio, project: int, n_tasks: int, version: str, step: str) -> dict[int, dict]:
-    ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}", step,
-           json={"selectedItems": {"all": True, "excluded": []}})
-    preds = ls.api("GET", f"/api/predictions?project={project}", step)
-    mine = {p["task"]: p for p in preds if p["model_version"] == version}
-    if len(mine) != n_tasks:
-        raise StepError(f"{step}: {len(mine)} of {n_tasks} tasks have a stored prediction with version {version}; "
-                        f"versions seen: {sorted({p['model_version'] for p in preds})}")
-    return mine
-
-
-def _label_of(task: dict) -> str:
-    """The true label, from the uploaded file's name (Label Studio prefixes it with a short id)."""
-    return str(task["data"]["image"]).rsplit("-", 1)[-1].split("_")[0]
-
-
-def _versions(url: str, project: int) -> list[str]:
-    return list(requests.get(f"{url}/versions", params={"project": project}, timeout=5).json()["versions"])
-
-
-def _wait_version(url: str, project: int, name: str, step: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if name in _versions(url, project):
-            return
-        time.sleep(0.5)
-    raise StepError(f"{step}: version {name} did not appear; versions {_versions(url, project)}")
-
-
 def _run_loop(tmp: Path, model_dir: Path, redis: tuple[str, str] | None) -> None:
     ls = labelstudio.start(tmp)
-    backend_url, procs = _backend(tmp, model_dir, redis)
+    backend_url, procs = start_backend(tmp, model_dir, redis)
     try:
         # 1. a project from the repository's label_config.xml, with synthetic images
         config = (ROOT / "label_config.xml").read_text()

@@ -128,3 +128,20 @@ def test_blobs(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-
     store.put_blob("head", "k", "one")
     store.put_blob("head", "k", "two")
     assert store.get_blob("head", "k") == "two" and store.get_blob("other", "k") is None
+
+
+def test_parts_are_recorded_once_even_from_many_threads(make_store, store_kind: str) -> None:  # type: ignore[no-untyped-def]
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = make_store(store_kind)
+    assert store.list_parts("job", "j1") == {}
+    # eight threads race to record the same ten parts: each part is won exactly once, by one writer
+    with ThreadPoolExecutor(8) as pool:
+        wins = list(pool.map(lambda w: [store.add_part("job", "j1", f"chunk:{i}", f"w{w}") for i in range(10)],
+                             range(8)))
+    assert [sum(ws[i] for ws in wins) for i in range(10)] == [1] * 10
+    parts = store.list_parts("job", "j1")
+    assert sorted(parts) == sorted(f"chunk:{i}" for i in range(10))
+    winner = {f"chunk:{i}": next(f"w{w}" for w, ws in enumerate(wins) if ws[i]) for i in range(10)}
+    assert parts == winner  # the first write stays; later ones changed nothing
+    assert store.list_parts("job", "j2") == {} and store.list_parts("other", "j1") == {}
