@@ -31,6 +31,7 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_FETCH_WORKERS": "fetch_workers",
     "CLIPLABEL_TORCH_THREADS": "torch_threads",
     "CLIPLABEL_MICROBATCH": "microbatch",
+    "CLIPLABEL_DECODE": "decode",
     "CLIPLABEL_MICROBATCH_WAIT_MS": "microbatch_wait_ms",
     "CLIPLABEL_SELECTIVE_SEARCH": "selective_search",
     "CLIPLABEL_PROPOSAL_SIDE": "proposal_side",
@@ -75,6 +76,7 @@ class Settings(BaseModel):
     fetch_workers: int = Field(default=8, ge=1, le=256)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     microbatch: bool = True
+    decode: Literal["auto", "cpu", "device"] = "auto"
     microbatch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     selective_search: Literal["fast", "quality", "off"] = "fast"
     proposal_side: int = Field(default=128, ge=32, le=4096)

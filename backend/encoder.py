@@ -12,12 +12,15 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import open_clip
 import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from backend.errors import SettingsError
 
@@ -105,7 +108,36 @@ class ClipEncoder:
         x = torch.from_numpy(np.ascontiguousarray(images_u8))
         if self._device.type == "cuda":
             x = x.pin_memory().to(self._device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).to(self._dtype).div_(255.0)
+        return self._encode_nchw(x.permute(0, 3, 1, 2))
+
+    def encode_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """JPEG bytes → (N, D) float32, decoded and resized on the model's device (nvjpeg on CUDA).
+
+        The caller sends only upright RGB or greyscale JPEGs within its pixel cap (`images.device_decodable`), for
+        models with the `shortest` resize mode. Resizing matches `images.prepare` (bicubic, antialiased, centre crop).
+
+        Raises:
+            RuntimeError: a JPEG the decoder cannot read (the caller falls back to the CPU path).
+        """
+        if not blobs:
+            return np.zeros((0, self.embed_dim), np.float32)
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self._device)
+        size = self._image_size
+        batch = torch.empty((len(decoded), 3, size, size), dtype=torch.uint8, device=self._device)
+        for i, img in enumerate(decoded):
+            h, w = int(img.shape[1]), int(img.shape[2])
+            scale = size / min(h, w)
+            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            if (nh, nw) != (h, w):
+                img = resize(img, [nh, nw], interpolation=InterpolationMode.BICUBIC, antialias=True)
+            top, left = (nh - size) // 2, (nw - size) // 2
+            batch[i] = img[:, top:top + size, left:left + size]
+        return self._encode_nchw(batch)
+
+    def _encode_nchw(self, x: torch.Tensor) -> np.ndarray:
+        """(N, 3, S, S) uint8 on the model's device → (N, D) float32, L2-normalised."""
+        x = x.to(self._dtype).div_(255.0)
         x = (x - self._mean.to(self._dtype)) / self._std.to(self._dtype)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -67,6 +67,18 @@ def decode(data: bytes, max_pixels: int, min_side: int | None = None) -> Decoded
         raise ImageFetchError(f"the image is broken or truncated: {exc}") from exc
 
 
+def device_decodable(data: bytes, max_pixels: int) -> bool:
+    """True for bytes a JPEG decoder on the model's device can take as they are: a JPEG in RGB or greyscale, upright
+    (no EXIF rotation), within the pixel cap. Reads the header only."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        return (img.format == "JPEG" and img.mode in ("RGB", "L") and 0 < width * height <= max_pixels
+                and img.getexif().get(0x0112, 1) == 1)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return False
+
+
 def _exif_transposes(img: Image.Image) -> bool:
     """True when the EXIF orientation swaps width and height (rotations by 90° or 270°)."""
     try:

@@ -87,5 +87,15 @@ class LabelStudioClient:
         preds = self._call("GET", "/api/predictions", params={"task": task_id})
         return [str(p.get("model_version")) for p in preds if isinstance(p, dict) and int(p.get("task", -1)) == task_id]
 
-    def create_prediction(self, task_id: int, prediction: dict[str, Any]) -> None:
-        self._call("POST", "/api/predictions", json={"task": task_id, **prediction})
+    def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> None:
+        """Stores many predictions in one request (each dict carries its `task`); one by one where Label Studio
+        lacks the bulk endpoint (before 1.14)."""
+        if not predictions:
+            return
+        try:
+            self._call("POST", f"/api/projects/{project_id}/import/predictions", json=predictions)
+        except LabelStudioAPIError as exc:
+            if not any(f" {code} " in exc.detail for code in (404, 405)):
+                raise
+            for p in predictions:
+                self._call("POST", "/api/predictions", json=p)

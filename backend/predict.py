@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,10 +69,12 @@ class LabelStudioDefaults:
 class Predictor:
     def __init__(self, embeddings: EmbeddingService, fetcher: ImageFetcher, pool: ThreadPoolExecutor,
                  templates: Sequence[str], defaults: LabelStudioDefaults, metrics: Metrics,
-                 detector_config: DetectorConfig | None = None) -> None:
+                 detector_config: DetectorConfig | None = None, fetch_pool: ThreadPoolExecutor | None = None) -> None:
         self.embeddings = embeddings
         self.fetcher = fetcher
         self.pool = pool
+        # Downloads get their own threads, so the next chunk's downloads never queue ahead of this chunk's decodes.
+        self.fetch_pool = fetch_pool or pool
         self.templates = tuple(templates)
         self.defaults = defaults
         self.metrics = metrics
@@ -134,23 +136,38 @@ class Predictor:
         refs = {job: _image_ref(tasks[job[0]], job[1]) for job in jobs}
         known = self._known_images(refs, ctx, {c.image_key for c in choice_controls},
                                    {c.image_key for c in rect_controls}) if from_cache and not drawn else {}
-        to_fetch = [job for job in jobs if job not in known]
-        fetched = list(self.pool.map(lambda job: self._fetch(tasks[job[0]], ids[job[0]], job[1], ctx, auth),
-                                     to_fetch))
-        errors: dict[int, str] = {}
-        blobs: dict[tuple[int, str], bytes] = {}
-        for job, result in zip(to_fetch, fetched):
-            if isinstance(result, CliplabelError):
-                errors.setdefault(job[0], result.detail)
-            else:
-                blobs[job] = result
         heads = heads or {}
         lazy = {job: BoxImage(ref.content_hash, wh=ref.wh, load=self._loader(tasks[job[0]], ids[job[0]], job[1], ctx,
                                                                                 auth))
                 for job, ref in known.items() if ref.wh is not None}
-        choices = self._choices(choice_controls, blobs, known, errors, len(tasks), heads)
-        regions_by_task, decoded = self._regions(rect_controls, drawn, blobs, lazy, errors, len(tasks), heads)
-        self._remember_refs(refs, ctx, blobs, decoded)
+        errors: dict[int, str] = {}
+        choices: list[list[ChoicePrediction]] = [[] for _ in tasks]
+        regions_by_task: list[list[RegionPrediction]] = [[] for _ in tasks]
+        # Pipelined by encoder batch: while one chunk of tasks is encoded, the next chunk's images download.
+        step = max(1, self.embeddings.batch_size)
+        chunks = [range(i, min(i + step, len(tasks))) for i in range(0, len(tasks), step)]
+
+        def download(rows: range) -> list[tuple[tuple[int, str], Future[bytes | CliplabelError]]]:
+            return [((ti, k), self.fetch_pool.submit(self._fetch, tasks[ti], ids[ti], k, ctx, auth))
+                    for ti in rows for k in keys if (ti, k) not in known]
+
+        pending = download(chunks[0]) if chunks else []
+        for ci, rows in enumerate(chunks):
+            current, pending = pending, (download(chunks[ci + 1]) if ci + 1 < len(chunks) else [])
+            blobs: dict[tuple[int, str], bytes] = {}
+            for job, future in current:
+                result = future.result()
+                if isinstance(result, CliplabelError):
+                    errors.setdefault(job[0], result.detail)
+                else:
+                    blobs[job] = result
+            mine = {job: v for job, v in known.items() if job[0] in rows}
+            found = self._choices(choice_controls, blobs, mine, errors, len(tasks), heads)
+            boxes, decoded = self._regions(rect_controls, drawn, blobs, {j: v for j, v in lazy.items() if j in mine},
+                                           errors, len(tasks), heads)
+            for ti in rows:
+                choices[ti], regions_by_task[ti] = found[ti], boxes[ti]
+            self._remember_refs(refs, ctx, blobs, decoded)
         out = []
         for ti in range(len(tasks)):
             if ti in errors:

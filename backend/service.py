@@ -133,6 +133,7 @@ class Services:
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.predictor.fetch_pool.shutdown(wait=False, cancel_futures=True)
         if isinstance(self.encoder, MicroBatcher):
             self.encoder.close()
         if close_store:
@@ -168,8 +169,10 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
     store.ping()
     metrics = Metrics()
     pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="cliplabel-io")
+    device_decode = settings.decode == "device" or (
+        settings.decode == "auto" and str(getattr(encoder, "device", "cpu")).startswith("cuda"))
     embeddings = EmbeddingService(encoder, store, settings.batch_size, settings.max_image_pixels, pool, metrics,
-                                  resize_mode=getattr(encoder, "resize_mode", "shortest"))
+                                  resize_mode=getattr(encoder, "resize_mode", "shortest"), device_decode=device_decode)
     fetcher = ImageFetcher(settings.max_image_bytes, settings.fetch_timeout_s, settings.local_files_root,
                            pool_size=settings.fetch_workers)
     defaults = LabelStudioDefaults(
@@ -177,8 +180,9 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         api_key=settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None,
         allowed_hosts=settings.allowed_hosts,
         local_files_root=str(settings.local_files_root) if settings.local_files_root else None)
+    fetch_pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="cliplabel-fetch")
     predictor = Predictor(embeddings, fetcher, pool, prompts.load_templates(settings.templates_file), defaults, metrics,
-                          detector_config(settings))
+                          detector_config(settings), fetch_pool=fetch_pool)
     slug = getattr(encoder, "slug", "clip")
     feedback = FeedbackService(store, predictor, metrics, settings.retrain_every, slug)
     bulk = BulkJobs(store, predictor, slug, feedback.heads_for)

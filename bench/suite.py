@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +45,7 @@ from backend.encoder import load_encoder  # noqa: E402
 from backend.service import build_services  # noqa: E402
 from backend.store import open_store  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
-from tests.support import LS_TOKEN, start_image_host, start_server  # noqa: E402
+from tests.support import LS_TOKEN, free_port, start_image_host, start_server  # noqa: E402
 
 CLASSES = [f"{c} {s}" for c in synthetic.COLOURS for s in synthetic.SHAPES]
 CHOICES = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
@@ -63,24 +65,66 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+class ImageServer:
+    """Task images served by another process, as Label Studio serves them (an in-process host would share the GIL)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "data" / "upload" / "1").mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                         "--directory", str(root)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.url, timeout=1)
+                return
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise RuntimeError("the image server did not start")
+
+    def add(self, name: str, data: bytes) -> str:
+        (self.root / "data" / "upload" / "1" / name).write_bytes(data)
+        return f"/data/upload/1/{name}"
+
+    def read(self, ref: str) -> bytes:
+        return (self.root / ref.removeprefix("/data/local-files/?d=").lstrip("/")).read_bytes()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
 class App:
-    """The real app on a real port, with an image host; one store per instance (a cold cache)."""
+    """The real app on a real port, with an image server; one store per instance (a cold cache)."""
+
+    # "http": images downloaded from the image server (Label Studio uploads); "local": read from disk through
+    # Label Studio's local-files storage (`CLIPLABEL_LOCAL_FILES_ROOT`), with no HTTP per image.
+    source = "http"
 
     def __init__(self, encoder, tmp: Path, batch: int, **settings: Any) -> None:  # type: ignore[no-untyped-def]
-        self.host, self._host_server = start_image_host()
+        self.host = ImageServer(tmp / "www")
         self.store = open_store(None, tmp)
-        values: dict[str, Any] = {"model": "bench", "data_dir": tmp, "batch_size": batch, "fetch_workers": 8,
+        values: dict[str, Any] = {"model": "bench", "data_dir": tmp, "batch_size": batch,
+                                  "fetch_workers": max(8, os.cpu_count() or 1), "local_files_root": tmp / "www",
                                   **settings}
         self.live = start_server(create_app(Settings(**values), encoder=encoder, store=self.store))
         self.http = requests.Session()
         self.http.trust_env = False
         self.n = 0
+        self._lock = threading.Lock()
 
     def tasks(self, blobs: list[bytes]) -> list[dict[str, Any]]:
         out = []
         for b in blobs:
-            self.n += 1
-            out.append({"id": self.n, "data": {"image": self.host.add(f"/data/upload/1/{self.n}.jpg", b)}})
+            with self._lock:
+                self.n += 1
+                n = self.n
+            path = self.host.add(f"{n}.jpg", b)
+            ref = f"/data/local-files/?d={path.lstrip('/')}" if self.source == "local" else path
+            out.append({"id": n, "data": {"image": ref}})
         return out
 
     def setup(self, project: str, config: str) -> None:
@@ -101,7 +145,7 @@ class App:
 
     def close(self) -> None:
         self.live.stop()
-        self._host_server.shutdown()
+        self.host.stop()
         self.store.close()
 
 
@@ -241,18 +285,19 @@ def interactive(encoder, tmp: Path, bulk_blobs: list[bytes], batch: int, n: int)
         app.predict("4", [target], drawn)
         app.predict("5", app.tasks(jpegs(1, 64, 64, seed=95)))
 
-        def sample() -> list[float]:
+        def sample(run: int) -> list[float]:
             out = []
             for i in range(n):
-                # a new box each time: the crop is not cached
+                # a new box each time (and in each run): its crop is not cached
                 d = json.loads(json.dumps(drawn))
-                d["context"]["result"][0]["value"]["x"] = 5 + (i * 37) % 50
+                d["context"]["result"][0]["value"]["x"] = 1 + i * 2
+                d["context"]["result"][0]["value"]["y"] = 1 + run * 10
                 t0 = time.perf_counter()
                 app.predict("4", [target], d)
                 out.append(time.perf_counter() - t0)
             return out
 
-        idle = sample()
+        idle = sample(0)
         stop = threading.Event()
         bulk_tasks = app.tasks(bulk_blobs)
         done = [0]
@@ -264,8 +309,7 @@ def interactive(encoder, tmp: Path, bulk_blobs: list[bytes], batch: int, n: int)
             while not stop.is_set():
                 chunk = bulk_tasks[i % len(bulk_tasks):][:batch]
                 # fresh copies: new ids and URLs, so the cache does not absorb the load
-                app.predict("5", app.tasks([app.host.files[t["data"]["image"]]
-                                            for t in chunk]), http=http)
+                app.predict("5", app.tasks([app.host.read(t["data"]["image"]) for t in chunk]), http=http)
                 done[0] += len(chunk)
                 i += batch
 
@@ -273,7 +317,7 @@ def interactive(encoder, tmp: Path, bulk_blobs: list[bytes], batch: int, n: int)
         thread.start()
         time.sleep(1.0)
         t0 = time.perf_counter()
-        busy = sample()
+        busy = sample(1)
         bulk_rate = done[0] / (time.perf_counter() - t0 + 1.0)
         stop.set()
         thread.join(timeout=600)
@@ -318,7 +362,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
                            "batch": args.batch, "images": n}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        steps = [("raw", lambda: raw(encoder, blobs, args.batch, 8)),
+        steps = [("raw", lambda: raw(encoder, blobs, args.batch, max(8, os.cpu_count() or 1))),
                  ("classification", lambda: classification(encoder, tmp, blobs, args.batch)),
                  ("boxes", lambda: boxes(encoder, tmp, scenes, args.batch)),
                  ("concurrency", lambda: concurrency(encoder, tmp, blobs[:48 if big else 256], args.batch)),
@@ -345,13 +389,15 @@ def main() -> int:
     parser.add_argument("--scenes", type=int, default=48, help="box scenes (4 for big models on CPU)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", default="640x480", help="classification image size WxH (JPEG)")
+    parser.add_argument("--source", default="http", choices=("http", "local"),
+                        help="task images from an HTTP server (default) or Label Studio local-files storage")
     parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "suite.json"))
     args = parser.parse_args()
+    App.source = args.source
     rows = [run_model(name, args) for name in args.models.split(",")]
-    import os
 
     print(f"\n# cliplabel speed suite: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"device {args.device}, batch {args.batch}, {args.size} JPEG")
+          f"device {args.device}, batch {args.batch}, {args.size} JPEG, images via {args.source}")
     print("| | " + " | ".join(f"{r['model']} ({r['input_px']} px)" for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
     for title, key, fmt in COLUMNS:
