@@ -231,6 +231,10 @@ def _install_routes(app: FastAPI) -> None:
                    ) -> dict[str, Any]:
         return _services(request).bulk.status(job_id).as_json()
 
+    @app.delete("/jobs/{job_id}")
+    def cancel_job(request: Request, job_id: str = PathParam(pattern=r"^[0-9a-f]{16}$")) -> dict[str, Any]:
+        return _services(request).bulk.cancel(job_id).as_json()
+
     @app.get("/jobs")
     def list_jobs(project: str, request: Request) -> dict[str, Any]:
         return {"jobs": [j.as_json() for j in _services(request).bulk.list(ls_format.project_id(project))]}

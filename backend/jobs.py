@@ -142,6 +142,14 @@ class BulkThread:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cliplabel-bulk", daemon=True)
         self._thread.start()
+        try:
+            # Jobs a previous process left unfinished: planned chunks resume, a chunk cut off midway re-checks
+            # Label Studio before predicting again, so nothing is stored twice.
+            for job_id in bulk.unfinished():
+                logger.info("resuming bulk job=%s", job_id)
+                self.start(job_id)
+        except CliplabelError as exc:
+            logger.warning("could not look for unfinished bulk jobs: %s", exc.detail)
 
     def start(self, job_id: str) -> None:
         self._jobs.put(job_id)

@@ -33,10 +33,11 @@ SPEC_NS = "bulk-job"  # blob: the job's spec; parts: plan, started:<i>, chunk:<i
 TASKS_NS = "bulk-tasks"  # blob per chunk: its tasks
 ERROR_NS = "bulk-error"  # blob: the last error of a job (shown by its status until the job finishes)
 INDEX_NS = "bulk-jobs"  # parts per project: job id → created_at
+ALL_JOBS = "all"  # ... and under this key every job (what a restarted process resumes)
 MAX_ERRORS = 20
 
 JobKind = Literal["prelabel", "rescore"]
-JobState = Literal["planning", "running", "done", "failed"]
+JobState = Literal["planning", "running", "done", "failed", "cancelled"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class BulkJobs:
                        created_at=time.time())
         self.store.put_blob(SPEC_NS, spec.job_id, json.dumps(asdict(spec)))
         self.store.add_part(INDEX_NS, project_id, spec.job_id, str(spec.created_at))
+        self.store.add_part(INDEX_NS, ALL_JOBS, spec.job_id, str(spec.created_at))
         logger.info("bulk job=%s %s project=%s created", spec.job_id, kind, project_id)
         return spec
 
@@ -189,7 +191,7 @@ class BulkJobs:
     def run_chunk(self, job_id: str, index: int) -> ChunkResult | None:
         """Predicts one chunk and writes its predictions to Label Studio; None when it was already done."""
         parts = self.store.list_parts(SPEC_NS, job_id)
-        if f"chunk:{index}" in parts:
+        if f"chunk:{index}" in parts or "cancelled" in parts:
             return None
         started = time.monotonic()
         spec = self.spec(job_id)
@@ -237,7 +239,7 @@ class BulkJobs:
             if progress is not None:
                 progress(self.status(job_id))
             for i in range(plan.chunks):
-                if should_stop():
+                if should_stop() or "cancelled" in self.store.list_parts(SPEC_NS, job_id):
                     break
                 self.run_chunk(job_id, i)
                 if progress is not None:
@@ -246,6 +248,18 @@ class BulkJobs:
             self.record_error(job_id, exc.detail, final=True)
             raise
         return self.status(job_id)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stops a job after the chunks in progress; what was stored in Label Studio stays."""
+        self.spec(job_id)
+        self.store.add_part(SPEC_NS, job_id, "cancelled", str(time.time()))
+        logger.info("bulk job=%s cancelled", job_id)
+        return self.status(job_id)
+
+    def unfinished(self) -> list[str]:
+        """Jobs still planning or running (a restarted embedded process picks them up again)."""
+        jobs = sorted(self.store.list_parts(INDEX_NS, ALL_JOBS).items(), key=lambda kv: float(kv[1]))
+        return [j for j, _ in jobs if self.status(j).state in ("planning", "running")]
 
     def record_error(self, job_id: str, detail: str, final: bool = False) -> None:
         logger.warning("bulk job=%s: %s", job_id, detail)
@@ -273,7 +287,9 @@ class BulkJobs:
             eta = round(remaining / rate, 1) if rate else None
         last_error = self.store.get_blob(ERROR_NS, job_id)
         state: JobState
-        if "failed" in parts:
+        if "cancelled" in parts:
+            state = "cancelled"
+        elif "failed" in parts:
             state = "failed"
         elif plan is None:
             state = "planning"

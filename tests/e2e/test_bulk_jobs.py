@@ -147,3 +147,54 @@ def test_bulk_job_then_rescore_and_report(mode: str, ls_ready, tiny_model_dir, r
         finally:
             ls.stop()
 
+
+
+def test_an_embedded_job_survives_a_killed_server_and_a_job_can_be_cancelled(ls_ready, tiny_model_dir,
+                                                                               tmp_path: Path) -> None:
+    ls = labelstudio.start(tmp_path)
+    extra = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": labelstudio.TOKEN}
+    procs: list = []
+    try:
+        rng = np.random.default_rng(8)
+
+        def project_with(n: int, title: str) -> int:
+            pid = ls.api("POST", "/api/projects", "1 create project", json={"title": title, "label_config": CONFIG})["id"]
+            images = [(f"{SHAPES[i % 4]}_{i}.png", synthetic.encode_png(synthetic.object_image(
+                rng, str(rng.choice(list(synthetic.COLOURS))), SHAPES[i % 4].lower(), 64))) for i in range(n)]
+            for start in range(0, n, 60):
+                _upload(ls, pid, images[start:start + 60], "1 upload", expected_total=min(start + 60, n))
+            return int(pid)
+
+        project = project_with(240, "killed")
+        url, procs = start_backend(tmp_path, tiny_model_dir, None, **extra)
+        job = requests.post(f"{url}/jobs", json={"project": project, "chunk_size": 8}, timeout=10).json()
+        deadline = time.monotonic() + 120
+        while requests.get(f"{url}/jobs/{job['job_id']}", timeout=5).json()["done"] < 40:
+            if time.monotonic() > deadline:
+                raise StepError("2 kill: the job did not reach 40 tasks")
+            time.sleep(0.05)
+        procs[0].kill()  # SIGKILL: no shutdown, a chunk may be cut off midway
+        procs[0].wait(timeout=10)
+        before = len(ls.api("GET", f"/api/predictions?project={project}", "2 count"))
+        url, procs = start_backend(tmp_path, tiny_model_dir, None, **extra)
+        final, _ = _wait_job(url, job["job_id"], "2 resumed after a restart")
+        per_task = Counter(p["task"] for p in ls.api("GET", f"/api/predictions?project={project}", "2 count"))
+        if len(per_task) != 240 or set(per_task.values()) != {1} or final["done"] != 240:
+            raise StepError(f"2 resume: {len(per_task)} tasks, counts {Counter(per_task.values())}, status {final}")
+        print(f"\nkilled with {before} predictions stored; the restarted server finished the job: {final['predicted']} "
+              f"predicted by {final['workers']}")
+
+        # cancelling: the job stops after the chunk in progress, and stays cancelled
+        other = project_with(120, "cancelled")
+        job = requests.post(f"{url}/jobs", json={"project": other, "chunk_size": 4}, timeout=10).json()
+        cancelled = requests.delete(f"{url}/jobs/{job['job_id']}", timeout=10).json()
+        time.sleep(2.0)
+        status = requests.get(f"{url}/jobs/{job['job_id']}", timeout=5).json()
+        stored = len(ls.api("GET", f"/api/predictions?project={other}", "3 count"))
+        if cancelled["state"] != "cancelled" or status["state"] != "cancelled" or stored > 8 or status["done"] > 8:
+            raise StepError(f"3 cancel: {stored} predictions stored; status {status}")
+    finally:
+        try:
+            stop_all(procs, tmp_path)
+        finally:
+            ls.stop()
