@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,10 +83,24 @@ class LabelStudioClient:
         """Tasks that already hold a prediction of this model version (what a resumed job skips)."""
         return {int(p["task"]) for p in self.predictions(project_id) if p.get("model_version") == model_version}
 
-    def task_prediction_versions(self, task_id: int) -> list[str]:
-        """The model versions of one task's predictions (a retried bulk chunk checks what it already wrote)."""
-        preds = self._call("GET", "/api/predictions", params={"task": task_id})
-        return [str(p.get("model_version")) for p in preds if isinstance(p, dict) and int(p.get("task", -1)) == task_id]
+    def prediction_versions(self, project_id: int, task_ids: list[int]) -> dict[int, set[str]]:
+        """The model versions of the predictions each of these tasks holds, in one request (a chunk checks what is
+        already stored before it predicts, so two runs never store the same task twice)."""
+        if not task_ids:
+            return {}
+        query = json.dumps({"selectedItems": {"all": False, "included": task_ids}})
+        body = self._call("GET", "/api/tasks", params={"project": project_id, "fields": "all", "query": query,
+                                                       "page_size": len(task_ids)})
+        tasks = body.get("tasks", []) if isinstance(body, dict) else body
+        out: dict[int, set[str]] = {}
+        for task in tasks if isinstance(tasks, list) else []:
+            if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+                continue
+            versions = task.get("predictions_model_versions") or []
+            if isinstance(versions, str):
+                versions = versions.split(",")
+            out[task["id"]] = {str(v).strip() for v in versions if str(v).strip()}
+        return out
 
     def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> None:
         """Stores many predictions in one request (each dict carries its `task`); one by one where Label Studio

@@ -3,9 +3,10 @@
 A job is planned once: the project's tasks are listed, those already holding a prediction of the job's model version
 are skipped, and the rest are cut into chunks. Each chunk is then run by whoever has time: the API process's
 background thread on the embedded store, any number of `cliplabel worker` processes (on any machine) with Redis, or
-the CLI inline. A finished chunk is recorded once (`Store.add_part`), so a chunk delivered twice is neither predicted
-nor counted twice, and a chunk interrupted midway is re-checked against Label Studio before its tasks are predicted
-again. Label Studio's 100 s request limit never applies: every request here carries at most one page or one task.
+the CLI inline. A finished chunk is recorded once (`Store.add_part`), so a chunk delivered twice is counted once, and
+every chunk first asks Label Studio which of its tasks already hold the job's version, so a task is never stored
+twice: not after a crash, a redelivery, a rerun or a resumed job. Label Studio's 100 s request limit never applies:
+every request here carries one page of tasks or one chunk's predictions.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from backend.train import Head
 from backend.versions import current_version
 
 logger = logging.getLogger(__name__)
-SPEC_NS = "bulk-job"  # blob: the job's spec; parts: plan, started:<i>, chunk:<i>
+SPEC_NS = "bulk-job"  # blob: the job's spec; parts: plan, chunk:<i>, failed, cancelled
 TASKS_NS = "bulk-tasks"  # blob per chunk: its tasks
 ERROR_NS = "bulk-error"  # blob: the last error of a job (shown by its status until the job finishes)
 INDEX_NS = "bulk-jobs"  # parts per project: job id → created_at
 ALL_JOBS = "all"  # ... and under this key every job (what a restarted process resumes)
 MAX_ERRORS = 20
+STALE_S = 600.0  # a job with no progress for this long no longer blocks a new one on its project
 
 JobKind = Literal["prelabel", "rescore"]
 JobState = Literal["planning", "running", "done", "failed", "cancelled"]
@@ -92,6 +94,7 @@ class JobStatus:
     errors: tuple[str, ...]
     workers: tuple[str, ...]
     created_at: float
+    updated_at: float  # the last sign of progress: created, planned, or a chunk finished
     detail: str | None
     predict_s: float  # summed over chunks (and workers): where the time went
     write_s: float
@@ -140,6 +143,18 @@ class BulkJobs:
         return client
 
     # -- create ------------------------------------------------------------------------------------------------------
+    def active(self, project_id: str, kind: JobKind) -> JobStatus | None:
+        """The project's job of this kind still making progress on the current version, if any (two clicks, or two
+        retrains in a row, should not run two jobs over the same tasks). Older-version jobs are cancelled here."""
+        version = current_version(self.store, project_id, self.encoder_id, self.slug).name
+        for job in reversed(self.list(project_id)):
+            if job.kind != kind or job.state not in ("planning", "running") or time.time() - job.updated_at > STALE_S:
+                continue
+            if job.model_version in (None, version):
+                return job
+            self.cancel(job.job_id)  # superseded by a newer version
+        return None
+
     def create(self, project_id: str, kind: JobKind, chunk_size: int) -> JobSpec:
         self.client(project_id)  # fail now, with a 400, rather than in a worker later
         spec = JobSpec(job_id=uuid.uuid4().hex[:16], project_id=project_id, kind=kind, chunk_size=chunk_size,
@@ -201,10 +216,10 @@ class BulkJobs:
             raise NotFoundError(f"bulk job {job_id} has no chunk {index}")
         tasks: list[dict[str, Any]] = json.loads(raw)
         client = self.client(spec.project_id)
-        if not self.store.add_part(SPEC_NS, job_id, f"started:{index}", self.worker):
-            # Someone started this chunk and did not finish it (a crash, a redelivery): skip what it wrote.
-            have = {t["id"] for t in tasks if plan.model_version in client.task_prediction_versions(int(t["id"]))}
-            tasks = [t for t in tasks if t["id"] not in have]
+        # What Label Studio already holds wins over the plan: a chunk cut off after storing, a redelivered chunk, or
+        # another job on the same project (a rerun, a resumed job) never stores a task's prediction twice.
+        stored = client.prediction_versions(int(spec.project_id), [int(t["id"]) for t in tasks])
+        tasks = [t for t in tasks if plan.model_version not in stored.get(int(t["id"]), set())]
         config = label_config.parse_label_config(plan.label_config)
         state = self.store.get_project(spec.project_id) or ProjectState(project_id=spec.project_id,
                                                                       label_config=plan.label_config)
@@ -303,7 +318,10 @@ class BulkJobs:
                          done=skipped + processed, predicted=predicted, skipped=skipped, failed=failed,
                          chunks=plan.chunks if plan else 0, chunks_done=len(results), rate_tasks_per_s=rate,
                          eta_s=eta, errors=errors, workers=tuple(sorted({r.worker for r in results})),
-                         created_at=spec.created_at, detail=parts.get("failed") or last_error,
+                         created_at=spec.created_at,
+                         updated_at=max([spec.created_at, plan.planned_at if plan else 0.0,
+                                         *(r.finished_at for r in results)]),
+                         detail=parts.get("failed") or last_error,
                          predict_s=round(sum(r.predict_s for r in results), 3),
                          write_s=round(sum(r.write_s for r in results), 3))
 

@@ -102,10 +102,16 @@ class Services:
         return [v.name for v in self.store.list_versions(pid, self.encoder.encoder_id)]
 
     def start_job(self, project: object, kind: JobKind, chunk_size: int) -> JobStatus:
-        """Creates a bulk job and hands it to the background (thread or rq workers); answers at once."""
+        """Creates a bulk job and hands it to the background (thread or rq workers); answers at once. While the
+        project's job of this kind still makes progress, that job is answered instead of starting a second."""
         if self.dispatcher is None:
             raise InvalidRequestError("this process does not run bulk jobs")
-        spec = self.bulk.create(ls_format.project_id(project), kind, chunk_size)
+        pid = ls_format.project_id(project)
+        running = self.bulk.active(pid, kind)
+        if running is not None:
+            logger.info("bulk job=%s already runs on project %s: not starting another", running.job_id, pid)
+            return running
+        spec = self.bulk.create(pid, kind, chunk_size)
         self.dispatcher.start(spec.job_id)
         return self.bulk.status(spec.job_id)
 

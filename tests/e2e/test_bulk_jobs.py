@@ -72,6 +72,9 @@ def test_bulk_job_then_rescore_and_report(mode: str, ls_ready, tiny_model_dir, r
         if resp.status_code != 202:
             raise StepError(f"2 start job: {resp.status_code} {resp.text}")
         job = resp.json()
+        twice = requests.post(f"{url}/jobs", json={"project": project, "chunk_size": 8}, timeout=10).json()
+        if twice["job_id"] != job["job_id"]:
+            raise StepError(f"2 second click: a second job {twice['job_id']} started beside {job['job_id']}")
         final, seen = _wait_job(url, job["job_id"], "2 bulk job")
         preds = ls.api("GET", f"/api/predictions?project={project}", "2 list predictions")
         per_task = Counter(p["task"] for p in preds if p["model_version"] == r0)
