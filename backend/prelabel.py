@@ -70,7 +70,7 @@ class ChunkResult:
     seconds: float
     finished_at: float
     predict_s: float = 0.0  # of `seconds`: fetching, decoding, encoding, scoring
-    write_s: float = 0.0  # of `seconds`: storing the predictions in Label Studio
+    label_studio_s: float = 0.0  # of `seconds`: asking Label Studio what it holds, storing the predictions
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class JobStatus:
     updated_at: float  # the last sign of progress: created, planned, or a chunk finished
     detail: str | None
     predict_s: float  # summed over chunks (and workers): where the time went
-    write_s: float
+    label_studio_s: float
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +218,9 @@ class BulkJobs:
         client = self.client(spec.project_id)
         # What Label Studio already holds wins over the plan: a chunk cut off after storing, a redelivered chunk, or
         # another job on the same project (a rerun, a resumed job) never stores a task's prediction twice.
+        check_started = time.monotonic()
         stored = client.prediction_versions(int(spec.project_id), [int(t["id"]) for t in tasks])
+        check_s = time.monotonic() - check_started
         tasks = [t for t in tasks if plan.model_version not in stored.get(int(t["id"]), set())]
         config = label_config.parse_label_config(plan.label_config)
         state = self.store.get_project(spec.project_id) or ProjectState(project_id=spec.project_id,
@@ -241,7 +243,8 @@ class BulkJobs:
         done = time.monotonic()
         result = ChunkResult(predicted=len(payloads), failed=len(errors), errors=tuple(errors[:MAX_ERRORS]),
                              worker=self.worker, seconds=round(done - started, 3), finished_at=time.time(),
-                             predict_s=round(write_started - predict_started, 3), write_s=round(done - write_started, 3))
+                             predict_s=round(write_started - predict_started, 3),
+                             label_studio_s=round(check_s + done - write_started, 3))
         if not self.store.add_part(SPEC_NS, job_id, f"chunk:{index}", json.dumps(asdict(result))):
             logger.warning("bulk job=%s chunk=%d finished twice; counted once", job_id, index)
         return result
@@ -323,7 +326,7 @@ class BulkJobs:
                                          *(r.finished_at for r in results)]),
                          detail=parts.get("failed") or last_error,
                          predict_s=round(sum(r.predict_s for r in results), 3),
-                         write_s=round(sum(r.write_s for r in results), 3))
+                         label_studio_s=round(sum(r.label_studio_s for r in results), 3))
 
     def list(self, project_id: str) -> list[JobStatus]:
         index = self.store.list_parts(INDEX_NS, project_id)

@@ -67,7 +67,7 @@ def run(name: str, n_tasks: int, chunk: int, tmp: Path) -> dict[str, object]:
     tasks_s = n_tasks / seconds
     return {"model": name, "tasks": n_tasks, "chunk": chunk, "raw_img_s": round(raw_img_s, 1),
             "bulk_tasks_s": round(tasks_s, 1), "ratio": round(tasks_s / raw_img_s, 3),
-            "predict_s": status.predict_s, "write_s": status.write_s, "total_s": round(seconds, 1),
+            "predict_s": status.predict_s, "label_studio_s": status.label_studio_s, "total_s": round(seconds, 1),
             "prompt_ensembles_once_s": round(prompts_s, 1)}
 
 
