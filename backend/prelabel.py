@@ -71,6 +71,7 @@ class ChunkResult:
     finished_at: float
     predict_s: float = 0.0  # of `seconds`: fetching, decoding, encoding, scoring
     label_studio_s: float = 0.0  # of `seconds`: asking Label Studio what it holds, storing the predictions
+    already_stored: int = 0  # tasks found holding the version already (a cut-off run stored them): skipped
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ class BulkJobs:
         check_started = time.monotonic()
         stored = client.prediction_versions(int(spec.project_id), [int(t["id"]) for t in tasks])
         check_s = time.monotonic() - check_started
+        planned = len(tasks)
         tasks = [t for t in tasks if plan.model_version not in stored.get(int(t["id"]), set())]
         config = label_config.parse_label_config(plan.label_config)
         state = self.store.get_project(spec.project_id) or ProjectState(project_id=spec.project_id,
@@ -244,7 +246,8 @@ class BulkJobs:
         result = ChunkResult(predicted=len(payloads), failed=len(errors), errors=tuple(errors[:MAX_ERRORS]),
                              worker=self.worker, seconds=round(done - started, 3), finished_at=time.time(),
                              predict_s=round(write_started - predict_started, 3),
-                             label_studio_s=round(check_s + done - write_started, 3))
+                             label_studio_s=round(check_s + done - write_started, 3),
+                             already_stored=planned - len(tasks))
         if not self.store.add_part(SPEC_NS, job_id, f"chunk:{index}", json.dumps(asdict(result))):
             logger.warning("bulk job=%s chunk=%d finished twice; counted once", job_id, index)
         return result
@@ -294,7 +297,7 @@ class BulkJobs:
                    for k, v in parts.items() if k.startswith("chunk:")]
         predicted = sum(r.predicted for r in results)
         failed = sum(r.failed for r in results)
-        skipped = plan.skipped if plan else 0
+        skipped = (plan.skipped if plan else 0) + sum(r.already_stored for r in results)
         total = plan.total if plan else 0
         processed = predicted + failed
         rate = eta = None
