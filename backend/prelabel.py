@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ ERROR_NS = "bulk-error"  # blob: the last error of a job (shown by its status un
 INDEX_NS = "bulk-jobs"  # parts per project: job id → created_at
 ALL_JOBS = "all"  # ... and under this key every job (what a restarted process resumes)
 MAX_ERRORS = 20
+IN_FLIGHT = 2  # chunks one runner works on at once
 STALE_S = 600.0  # a job with no progress for this long no longer blocks a new one on its project
 
 JobKind = Literal["prelabel", "rescore"]
@@ -259,16 +261,32 @@ class BulkJobs:
             plan = self.plan(job_id)
             if progress is not None:
                 progress(self.status(job_id))
-            for i in range(plan.chunks):
-                if should_stop() or "cancelled" in self.store.list_parts(SPEC_NS, job_id):
-                    break
-                self.run_chunk(job_id, i)
-                if progress is not None:
-                    progress(self.status(job_id))
+            # Two chunks in flight: one downloads and talks to Label Studio while the other encodes (the encoder's
+            # micro-batcher serialises the forward passes), so neither waits for the other's I/O.
+            with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="cliplabel-chunk") as pool:
+                running: set[Future[ChunkResult | None]] = set()
+                for i in range(plan.chunks):
+                    if should_stop() or "cancelled" in self.store.list_parts(SPEC_NS, job_id):
+                        break
+                    running.add(pool.submit(self.run_chunk, job_id, i))
+                    if len(running) >= IN_FLIGHT:
+                        running = self._settle(job_id, running, progress)
+                while running:
+                    running = self._settle(job_id, running, progress)
         except CliplabelError as exc:
             self.record_error(job_id, exc.detail, final=True)
             raise
         return self.status(job_id)
+
+    def _settle(self, job_id: str, running: set[Future[ChunkResult | None]],
+                progress: Callable[[JobStatus], None] | None) -> set[Future[ChunkResult | None]]:
+        """Waits for one chunk to finish (re-raising its error); returns those still running."""
+        finished, pending = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            future.result()
+        if progress is not None:
+            progress(self.status(job_id))
+        return set(pending)
 
     def cancel(self, job_id: str) -> JobStatus:
         """Stops a job after the chunks in progress; what was stored in Label Studio stays."""
