@@ -71,3 +71,14 @@ def test_box_settings_reach_the_detector(tmp_path: Path) -> None:
 def test_box_setting_errors_name_the_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(env)
+
+
+def test_the_readme_documents_every_variable() -> None:
+    from pathlib import Path
+
+    from backend.config import ENV_FIELDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## How it predicts")]
+    missing = [var for var in ENV_FIELDS if f"`{var}`" not in table]
+    assert not missing, f"README's Configuration table lacks {missing}"
