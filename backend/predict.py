@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,10 +37,12 @@ REF_NS = "image-ref"
 
 @dataclass(frozen=True)
 class KnownImage:
-    """What the reference index remembers of an image a task pointed at: its content hash and upright size."""
+    """What the reference index remembers of an image a task pointed at: its content hash and upright size, and its
+    cached embedding when a Choices control needs it (read once, when the image is looked up)."""
 
     content_hash: str
     wh: tuple[int, int] | None
+    embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def _image_ref(task: object, key: str) -> str | None:
@@ -203,6 +205,8 @@ class Predictor:
         for job, vec in zip(need_vectors, vectors):
             if vec is None:
                 del known[job]  # never encoded (or evicted): download it like any other
+            else:
+                known[job] = replace(known[job], embedding=vec)
         return known
 
     def _remember_refs(self, refs: Mapping[tuple[int, str], str | None], ctx: sources.SourceContext,
@@ -231,13 +235,8 @@ class Predictor:
         if not controls:
             return per_task
         wanted = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks) if (ti, c.image_key) in blobs})
-        from_cache = sorted({(ti, c.image_key) for c in controls for ti in range(n_tasks) if (ti, c.image_key) in known})
-        emb_of: dict[tuple[int, str], np.ndarray] = {}
-        for job, vec in zip(from_cache, self.embeddings.cached_images([known[j].content_hash for j in from_cache])):
-            if vec is None:
-                errors.setdefault(job[0], "the cached embedding of this image disappeared; predict it again")
-            else:
-                emb_of[job] = vec
+        emb_of: dict[tuple[int, str], np.ndarray] = {job: image.embedding for job, image in known.items()
+                                                     if image.embedding is not None}
         for job, emb in zip(wanted, self.embeddings.images([blobs[j] for j in wanted])):
             if isinstance(emb, CliplabelError):
                 errors.setdefault(job[0], emb.detail)

@@ -106,6 +106,11 @@ class JobStatus:
         return asdict(self)
 
 
+def _chunk_result(raw: str) -> ChunkResult:
+    fields = json.loads(raw)
+    return ChunkResult(**{**fields, "errors": tuple(fields["errors"])})
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{uuid.uuid4().hex[:6]}"
 
@@ -311,8 +316,7 @@ class BulkJobs:
         spec = self.spec(job_id)
         parts = self.store.list_parts(SPEC_NS, job_id)
         plan = Plan(**json.loads(parts["plan"])) if "plan" in parts else None
-        results = [ChunkResult(**{**json.loads(v), "errors": tuple(json.loads(v)["errors"])})
-                   for k, v in parts.items() if k.startswith("chunk:")]
+        results = [_chunk_result(v) for k, v in parts.items() if k.startswith("chunk:")]
         predicted = sum(r.predicted for r in results)
         failed = sum(r.failed for r in results)
         skipped = (plan.skipped if plan else 0) + sum(r.already_stored for r in results)

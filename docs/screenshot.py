@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.e2e import labelstudio  # noqa: E402
-from tests.e2e.test_label_studio import _backend, _retrieve, _upload, _versions  # noqa: E402
+from tests.e2e.cliplabel_procs import _retrieve, _upload, _versions, start_backend, stop_all  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         ls = labelstudio.start(tmp)
-        backend_url, procs = _backend(tmp, tinyclip.ensure_model(), None)
+        backend_url, procs = start_backend(tmp, tinyclip.ensure_model(), None)
         chrome = None
         try:
             config = (ROOT / "label_config.xml").read_text()
@@ -92,9 +92,10 @@ def main() -> int:
         finally:
             if chrome is not None:
                 os.killpg(chrome.pid, signal.SIGTERM)
-            for p in procs:
-                os.killpg(p.pid, signal.SIGTERM)
-            ls.stop()
+            try:
+                stop_all(procs, tmp)
+            finally:
+                ls.stop()
     return 0
 
 
