@@ -24,15 +24,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend import proposals  # noqa: E402
-from backend.detect import BoxDetector, BoxImage, DetectorConfig  # noqa: E402
-from backend.domain import Control, LabelClass  # noqa: E402
-from backend.embeddings import EmbeddingService, content_hash  # noqa: E402
-from backend.encoder import load_encoder  # noqa: E402
-from backend.fetch import ImageFetcher  # noqa: E402
-from backend.metrics import Metrics  # noqa: E402
-from backend.predict import LabelStudioDefaults, Predictor  # noqa: E402
-from backend.prompts import DEFAULT_TEMPLATES  # noqa: E402
-from backend.store import open_store  # noqa: E402
+from cliplabel.services.detect import BoxDetector, BoxImage, DetectorConfig  # noqa: E402
+from cliplabel.core.domain import Control, LabelClass  # noqa: E402
+from cliplabel.model.embeddings import EmbeddingService, content_hash  # noqa: E402
+from cliplabel.model.encoder import load_encoder  # noqa: E402
+from cliplabel.labelstudio.fetch import ImageFetcher  # noqa: E402
+from cliplabel.core.metrics import Metrics  # noqa: E402
+from cliplabel.services.predict import LabelStudioDefaults, Predictor  # noqa: E402
+from cliplabel.vision.prompts import DEFAULT_TEMPLATES  # noqa: E402
+from cliplabel.store import open_store  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.detection_eval import evaluate  # noqa: E402
 

@@ -24,10 +24,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.config import Settings  # noqa: E402
-from backend.encoder import load_encoder  # noqa: E402
-from backend.service import Services, build_services  # noqa: E402
-from backend.store import open_store  # noqa: E402
+from cliplabel.core.settings import Settings  # noqa: E402
+from cliplabel.model.encoder import load_encoder  # noqa: E402
+from cliplabel.container import Services, build_services  # noqa: E402
+from cliplabel.store import open_store  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.detection_eval import evaluate  # noqa: E402
 from tests.support import LS_TOKEN, ImageHost, start_image_host  # noqa: E402

@@ -39,11 +39,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend import images, label_config  # noqa: E402
-from backend.api import create_app  # noqa: E402
-from backend.config import Settings  # noqa: E402
-from backend.encoder import load_encoder  # noqa: E402
-from backend.service import build_services  # noqa: E402
-from backend.store import open_store  # noqa: E402
+from cliplabel.api.app import create_app  # noqa: E402
+from cliplabel.core.settings import Settings  # noqa: E402
+from cliplabel.model.encoder import load_encoder  # noqa: E402
+from cliplabel.container import build_services  # noqa: E402
+from cliplabel.store import open_store  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.support import LS_TOKEN, free_port, start_image_host, start_server  # noqa: E402
 

@@ -12,9 +12,9 @@ import pytest
 import redis
 import requests
 
-from backend.api import create_app
-from backend.config import Settings
-from backend.store import Store, open_store
+from cliplabel.api.app import create_app
+from cliplabel.core.settings import Settings
+from cliplabel.store import Store, open_store
 from tests import tinyclip
 from tests.support import ImageHost, LiveServer, start_image_host, start_server
 
@@ -29,7 +29,7 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def encoder(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from backend.encoder import load_encoder
+    from cliplabel.model.encoder import load_encoder
 
     return load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu")
 

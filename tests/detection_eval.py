@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backend import regions
+from cliplabel.vision import regions
 
 Box = tuple[float, float, float, float]
 

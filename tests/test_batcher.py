@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from backend.batcher import MicroBatcher
+from cliplabel.model.batcher import MicroBatcher
 
 
 def _images(encoder, n: int, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -132,7 +132,7 @@ def test_interactive_keypoint_proposes_the_box_around_it(serve, make_store, imag
     res = _interactive(http, live.url, task, [{"from_name": "kp", "to_name": "image", "type": "keypointlabels",
                                                "value": {"x": cx / 2.56, "y": cy / 2.56, "keypointlabels": ["point"]}}])
     ((box, label, _),) = _boxes_px(res, (256, 256))
-    from backend.regions import iou_matrix
+    from cliplabel.vision.regions import iou_matrix
 
     assert label == obj.name
     assert iou_matrix(np.array([box]), np.array([obj.bbox_xyxy]))[0, 0] >= 0.5

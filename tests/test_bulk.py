@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import export
-from backend.export import Box, LabelledImage
+from cliplabel.offline import export
+from cliplabel.offline.export import Box, LabelledImage
 from tests import synthetic
 
 CLASSES = [f"{c} {s}" for c in synthetic.COLOURS for s in synthetic.SHAPES]
@@ -38,7 +38,7 @@ def test_label_command_writes_a_yolo_dataset(tiny_model_dir: Path, tmp_path: Pat
     truth = _folder(tmp_path)
     env = {**os.environ, "CLIPLABEL_MODEL": f"local-dir:{tiny_model_dir}", "CLIPLABEL_DATA_DIR": str(tmp_path / "d")}
     env.pop("CLIPLABEL_REDIS_URL", None)
-    proc = subprocess.run([sys.executable, "-m", "backend.cli", "label", str(tmp_path / "imgs"), "--classes",
+    proc = subprocess.run([sys.executable, "-m", "cliplabel.cli", "label", str(tmp_path / "imgs"), "--classes",
                            ",".join(CLASSES), "--out", str(tmp_path / "yolo"), "--format", "yolo", "--val", "0.25"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -57,7 +57,7 @@ def test_readme_serve_command_starts_the_backend_on_the_embedded_store(tiny_mode
 
 def test_a_bad_setting_is_one_clear_line(tmp_path: Path) -> None:
     env = dict(os.environ, CLIPLABEL_DEVICE="tpu", CLIPLABEL_DATA_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "backend.cli", "serve"], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "cliplabel.cli", "serve"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2
     assert "CLIPLABEL_DEVICE" in proc.stderr and "Traceback" not in proc.stderr
@@ -65,7 +65,7 @@ def test_a_bad_setting_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_a_missing_model_is_one_clear_line(tmp_path: Path) -> None:
     env = dict(os.environ, CLIPLABEL_MODEL=f"local-dir:{tmp_path / 'nope'}", CLIPLABEL_DATA_DIR=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "backend.cli", "serve"], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "cliplabel.cli", "serve"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
     assert "could not load CLIP model" in proc.stderr and "Traceback" not in proc.stderr

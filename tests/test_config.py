@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.config import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
-from backend.errors import SettingsError
+from cliplabel.core.settings import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
+from cliplabel.core.errors import SettingsError
 
 
 def test_defaults_need_no_environment() -> None:
@@ -51,7 +51,7 @@ def test_an_error_does_not_echo_a_secret() -> None:
 
 
 def test_box_settings_reach_the_detector(tmp_path: Path) -> None:
-    from backend.service import detector_config
+    from cliplabel.container import detector_config
 
     prompts = tmp_path / "bg.txt"
     prompts.write_text("# ours\nan empty conveyor belt.\nbare asphalt.\n")
@@ -76,7 +76,7 @@ def test_box_setting_errors_name_the_variable(env: dict[str, str], name: str) ->
 def test_the_readme_documents_every_variable() -> None:
     from pathlib import Path
 
-    from backend.config import ENV_FIELDS
+    from cliplabel.core.settings import ENV_FIELDS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme[readme.index("## Configuration"):readme.index("## How it predicts")]

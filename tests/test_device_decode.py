@@ -7,10 +7,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from backend import images
-from backend.config import Settings
-from backend.errors import ImageFetchError
-from backend.service import build_services
+from cliplabel.vision import images
+from cliplabel.core.settings import Settings
+from cliplabel.core.errors import ImageFetchError
+from cliplabel.container import build_services
 from tests import synthetic
 
 

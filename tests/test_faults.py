@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import redis
 
-from backend.store import open_store
+from cliplabel.store import open_store
 from tests import synthetic
 from tests.support import LS_TOKEN, free_port
 
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_run_loses_nothing(serve, make_store, image_host, ht
 
     def worker(name: str) -> subprocess.Popen:  # type: ignore[type-arg]
         with (tmp_path / f"{name}.log").open("wb") as log:
-            return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=env, stdout=log,
+            return subprocess.Popen([sys.executable, "-m", "cliplabel.cli", "worker"], env=env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def annotate(aid: int, task: dict, label: str) -> None:

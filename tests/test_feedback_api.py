@@ -112,7 +112,7 @@ def test_webhooks_to_a_real_rq_worker_and_a_second_api_process(serve, make_store
            "CLIPLABEL_REDIS_PREFIX": redis_prefix, "CLIPLABEL_DATA_DIR": str(tmp_path / "w"),
            "CLIPLABEL_RETRAIN_EVERY": "20"}
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=env, stdout=log,
+    worker = subprocess.Popen([sys.executable, "-m", "cliplabel.cli", "worker"], env=env, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
         held_out = _tasks(image_host, 10, seed=2, first_id=1000)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.errors import ImageFetchError
-from backend.images import decode, prepare
+from cliplabel.core.errors import ImageFetchError
+from cliplabel.vision.images import decode, prepare
 
 BIG = 10_000_000
 

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backend.errors import LabelConfigError
-from backend.label_config import parse_label_config
+from cliplabel.core.errors import LabelConfigError
+from cliplabel.labelstudio.label_config import parse_label_config
 
 IMG = '<Image name="image" value="$image"/>'
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend import ls_format
-from backend.domain import ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
-from backend.errors import InvalidRequestError, TaskDataError
+from cliplabel.labelstudio import format as ls_format
+from cliplabel.core.domain import ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
+from cliplabel.core.errors import InvalidRequestError, TaskDataError
 
 
 def test_prediction_with_choices_and_rectangles() -> None:

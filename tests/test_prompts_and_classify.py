@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend import classify, prompts
-from backend.domain import Control, LabelClass
-from backend.errors import SettingsError
+from cliplabel.vision import classify
+from cliplabel.vision import prompts
+from cliplabel.core.domain import Control, LabelClass
+from cliplabel.core.errors import SettingsError
 
 
 def _unit(v: list[float]) -> np.ndarray:
@@ -29,7 +30,7 @@ def test_ensemble_is_templates_times_names_without_duplicates() -> None:
 
 
 def test_class_vector_is_the_normalised_weighted_mean() -> None:
-    from backend.domain import PromptEnsemble
+    from cliplabel.core.domain import PromptEnsemble
 
     emb = {"a": _unit([1, 0]), "b": _unit([0, 1])}
     uniform = prompts.class_vectors([PromptEnsemble("x", ("a", "b"), (1.0, 1.0))], emb)

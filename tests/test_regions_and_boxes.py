@@ -3,8 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend import boxes, regions
-from backend.boxes import BoxParams
+from cliplabel.vision import boxes
+from cliplabel.vision import regions
+from cliplabel.vision.boxes import BoxParams
 
 
 @pytest.mark.parametrize(

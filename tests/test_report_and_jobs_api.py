@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 
-from backend import report
-from backend.domain import FeedbackExample, ModelVersion
-from backend.plots import write_plots
+from cliplabel.services import report
+from cliplabel.core.domain import FeedbackExample, ModelVersion
+from cliplabel.offline.plots import write_plots
 
 
 def _example(aid: int, label: str | None, kind: str) -> FeedbackExample:

@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from backend import label_config
-from backend.config import Settings
-from backend.service import build_services
-from backend.train import Head
+from cliplabel.labelstudio import label_config
+from cliplabel.core.settings import Settings
+from cliplabel.container import build_services
+from cliplabel.vision.train import Head
 from tests import synthetic
 from tests.support import LS_TOKEN
 from tests.test_boxes_api import BOTH_CONFIG, CLASSES

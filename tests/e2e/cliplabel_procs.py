@@ -33,11 +33,11 @@ def start_backend(tmp: Path, model_dir: Path, redis: tuple[str, str] | None, wor
     env = backend_env(tmp, model_dir, redis, **extra)
     procs = []
     with (tmp / "serve.log").open("wb") as log:
-        procs.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--port", str(port)], cwd=ROOT,
+        procs.append(subprocess.Popen([sys.executable, "-m", "cliplabel.cli", "serve", "--port", str(port)], cwd=ROOT,
                                       env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     for i in range(workers if redis else 0):
         with (tmp / ("worker.log" if i == 0 else f"worker{i}.log")).open("wb") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], cwd=ROOT, env=env,
+            procs.append(subprocess.Popen([sys.executable, "-m", "cliplabel.cli", "worker"], cwd=ROOT, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

@@ -128,7 +128,7 @@ def test_bulk_job_then_rescore_and_report(mode: str, ls_ready, tiny_model_dir, r
         # 4. the quality report: counts, acceptance, learning curve, as Markdown with PNG plots
         out = tmp_path / "report"
         env = backend_env(tmp_path, tiny_model_dir, redis, **extra)
-        run = subprocess.run([sys.executable, "-m", "backend.cli", "report", "--project", str(project), "--out",
+        run = subprocess.run([sys.executable, "-m", "cliplabel.cli", "report", "--project", str(project), "--out",
                               str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
             raise StepError(f"4 report: exit {run.returncode}: {run.stderr[-2000:]}")

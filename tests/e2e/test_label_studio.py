@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.store import open_store
+from cliplabel.store import open_store
 from tests import synthetic
 from tests.e2e import labelstudio
 from tests.e2e.cliplabel_procs import ROOT, _label_of, _retrieve, _upload, _versions, _wait_version, start_backend

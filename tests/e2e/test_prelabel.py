@@ -40,7 +40,7 @@ def test_prelabel_300_tasks_killed_and_resumed(ls_ready, tiny_model_dir, tmp_pat
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPLABEL_", "LABEL_STUDIO_"))}
         env.update({"CLIPLABEL_MODEL": f"local-dir:{tiny_model_dir}", "CLIPLABEL_DATA_DIR": str(tmp_path / "b"),
                     "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": labelstudio.TOKEN})
-        command = [sys.executable, "-m", "backend.cli", "prelabel", "--project", str(project), "--batch", "32"]
+        command = [sys.executable, "-m", "cliplabel.cli", "prelabel", "--project", str(project), "--batch", "32"]
 
         def predictions() -> list[dict]:
             return list(ls.api("GET", f"/api/predictions?project={project}", "list predictions"))

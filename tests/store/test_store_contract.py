@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from backend.domain import ModelVersion, ProjectState
-from backend.store import codec
+from cliplabel.core.domain import ModelVersion, ProjectState
+from cliplabel.store import codec
 
 
 def _version(rev: int, project: str = "1", encoder: str = "enc") -> ModelVersion:
@@ -85,7 +85,7 @@ def test_a_corrupt_entry_reads_as_a_miss(make_store, store_kind: str) -> None:  
 
 
 def _example(aid: int, label: str | None, dim: int = 4):  # type: ignore[no-untyped-def]
-    from backend.domain import FeedbackExample
+    from cliplabel.core.domain import FeedbackExample
 
     return FeedbackExample(project_id="1", annotation_id=aid, from_name="label", image_hash=f"h{aid}", label=label,
                            kind="confirm" if label else "reject", embedding=np.full(dim, aid, np.float32),

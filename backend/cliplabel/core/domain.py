@@ -1,0 +1,255 @@
+"""Domain types shared by every layer: frozen dataclasses with their invariants, and the `Encoder` protocol.
+
+Nothing here knows Label Studio's JSON names, HTTP, Redis or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+ControlKind = Literal["choices", "rectanglelabels"]
+
+
+class Encoder(Protocol):
+    """What the services need of a CLIP model; `cliplabel.model.encoder.ClipEncoder` is the real one."""
+
+    @property
+    def encoder_id(self) -> str:
+        """Stable identity of weights + preprocessing; part of every cached vector's key."""
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the square uint8 input that `encode_images` takes."""
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's learned softmax temperature (CLIP's `logit_scale.exp()`)."""
+
+    def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """N strings → (N, D) float32, L2-normalised."""
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One label of a control: the value results carry, and the names prompts use for it.
+
+    `value` is what Label Studio stores (a `<Choice alias="…">` replaces the visible value there); `aliases` are the
+    visible value (when an alias hides it) and the `predicted_values`. An alias is an id, not a description, so with
+    `value_in_prompts=False` it is kept out of the prompts.
+    """
+
+    value: str
+    aliases: tuple[str, ...] = ()
+    value_in_prompts: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.value.strip():
+            raise ValueError("a label value must not be empty")
+
+    @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """The label itself plus its `predicted_values` aliases, de-duplicated, in order."""
+        seen: dict[str, None] = {}
+        for name in ((self.value,) if self.value_in_prompts else ()) + self.aliases:
+            name = name.strip()
+            if name and name.lower() not in {k.lower() for k in seen}:
+                seen[name] = None
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Control:
+    """A `<Choices>` or `<RectangleLabels>` bound to an `<Image>`."""
+
+    kind: ControlKind
+    from_name: str
+    to_name: str
+    image_key: str
+    classes: tuple[LabelClass, ...]
+    multiple: bool = False
+    score_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ValueError(f"control {self.from_name!r} has no labels")
+        values = [c.value for c in self.classes]
+        if len(set(values)) != len(values):
+            raise ValueError(f"control {self.from_name!r} repeats a label value")
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"control {self.from_name!r}: model_score_threshold must be in [0, 1]")
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return tuple(c.value for c in self.classes)
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """The parts of a Label Studio label config that cliplabel predicts for."""
+
+    controls: tuple[Control, ...]
+    ignored: tuple[str, ...] = ()
+
+    def of_kind(self, kind: ControlKind) -> tuple[Control, ...]:
+        return tuple(c for c in self.controls if c.kind == kind)
+
+
+@dataclass(frozen=True)
+class PromptEnsemble:
+    """The prompts of one class and their weights (uniform until feedback learning re-weights them)."""
+
+    label: str
+    prompts: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError(f"class {self.label!r} has no prompts")
+        if len(self.weights) != len(self.prompts):
+            raise ValueError(f"class {self.label!r}: {len(self.prompts)} prompts but {len(self.weights)} weights")
+        if any(w < 0 or not math.isfinite(w) for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"class {self.label!r}: weights must be finite, non-negative and not all zero")
+
+
+@dataclass(frozen=True)
+class ChoicePrediction:
+    """A classification result for one control of one task."""
+
+    from_name: str
+    to_name: str
+    choices: tuple[str, ...]
+    score: float
+    probabilities: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score} outside [0, 1]")
+
+
+@dataclass(frozen=True)
+class RegionPrediction:
+    """A labelled box for one `<RectangleLabels>` control, in pixels of the EXIF-upright image."""
+
+    from_name: str
+    to_name: str
+    label: str
+    score: float
+    bbox_xyxy: tuple[float, float, float, float]
+    image_wh: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score} outside [0, 1]")
+        x0, y0, x1, y1 = self.bbox_xyxy
+        if not (x1 > x0 and y1 > y0):
+            raise ValueError(f"degenerate box {self.bbox_xyxy}")
+        if self.image_wh[0] <= 0 or self.image_wh[1] <= 0:
+            raise ValueError(f"image size {self.image_wh} must be positive")
+
+
+@dataclass(frozen=True)
+class TaskPrediction:
+    """Everything predicted for one task; nothing at all means nothing could be predicted."""
+
+    task_id: int | None
+    model_version: str
+    choices: tuple[ChoicePrediction, ...] = ()
+    regions: tuple[RegionPrediction, ...] = ()
+    error: str | None = None
+
+    @property
+    def score(self) -> float:
+        """The prediction's overall score: the mean of its results' scores (0 when there are none)."""
+        scores = [c.score for c in self.choices] + [r.score for r in self.regions]
+        return float(sum(scores) / len(scores)) if scores else 0.0
+
+
+@dataclass(frozen=True)
+class DrawnRegion:
+    """What an annotator drew in interactive mode: a box or a point, in Label Studio percent of the image."""
+
+    from_name: str
+    to_name: str
+    kind: Literal["rectangle", "keypoint"]
+    box_pct: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
+    point_pct: tuple[float, float] | None = None
+    original_wh: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    """What `/setup` told us about a project: its label config and where its images live."""
+
+    project_id: str
+    label_config: str
+    hostname: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One served model of a project: `<encoder slug>-r<revision>`, monotonic per project and encoder."""
+
+    project_id: str
+    encoder_id: str
+    revision: int
+    name: str
+    created_at: float
+    metrics: dict[str, float] = field(default_factory=dict, compare=False)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.revision < 0:
+            raise ValueError("revision must be non-negative")
+        if not self.name:
+            raise ValueError("a model version needs a name")
+
+
+FeedbackKind = Literal["confirm", "correct", "reject", "new"]
+
+
+@dataclass(frozen=True)
+class AnnotatedRegion:
+    """One labelled thing in an annotation: a whole-image choice (`box_pct` None) or a box, for one control."""
+
+    from_name: str
+    labels: tuple[str, ...]
+    box_pct: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in percent of the image
+
+
+@dataclass(frozen=True)
+class AnnotationEvent:
+    """An annotation as a webhook (or Label Studio's export) carries it."""
+
+    project_id: str
+    annotation_id: int
+    task_id: int | None
+    task_data: dict[str, object] = field(repr=False)
+    regions: tuple[AnnotatedRegion, ...]
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class FeedbackExample:
+    """One labelled embedding: a whole image or a crop, its label (None = background, a rejected box), and how it
+    relates to what we predicted."""
+
+    project_id: str
+    annotation_id: int
+    from_name: str
+    image_hash: str
+    label: str | None
+    kind: FeedbackKind
+    embedding: np.ndarray = field(repr=False, compare=False)
+    box_xyxy: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.embedding.ndim != 1:
+            raise ValueError(f"expected a (D,) embedding, got shape {self.embedding.shape}")

@@ -1,0 +1,212 @@
+"""Label Studio's JSON: the only module that knows its field names.
+
+Converts tasks and `/setup` fields into domain values and predictions into Label Studio results (see
+`../shared/LABEL_STUDIO.md` for the wire contract of Label Studio 1.23).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from cliplabel.vision import regions
+from cliplabel.core.domain import AnnotatedRegion, AnnotationEvent, ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
+from cliplabel.core.errors import InvalidRequestError, TaskDataError
+
+MAX_IMAGE_REF_CHARS = 64 * 1024 * 1024  # data: URIs can be long; the image byte cap applies after decoding
+
+
+def project_id(project: object) -> str:
+    """Label Studio's `project` field (`"<id>.<created_at>"`, or a bare id) → the project id.
+
+    Raises:
+        InvalidRequestError: the field is missing or not of that form.
+    """
+    if isinstance(project, bool) or project is None:
+        raise InvalidRequestError("the request has no project")
+    if isinstance(project, int):
+        return str(project)
+    if isinstance(project, str):
+        head = project.strip().split(".", 1)[0]
+        if head.isdigit():
+            return head
+    raise InvalidRequestError('project must look like "<id>.<timestamp>" or be an integer id')
+
+
+def task_id(task: object) -> int | None:
+    """The task's integer id, or None when it has none (the result still goes at the task's position)."""
+    if isinstance(task, dict):
+        value = task.get("id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def task_image_ref(task: object, key: str) -> str:
+    """The image reference stored under `data[key]` of a task, as Label Studio stored it (URL, path or data URI).
+
+    Raises:
+        TaskDataError: the task is not an object, has no `data`, lacks the key, or its value is not a usable string.
+    """
+    if not isinstance(task, dict):
+        raise TaskDataError("the task is not a JSON object")
+    data = task.get("data")
+    if not isinstance(data, dict):
+        raise TaskDataError("the task has no data object")
+    if key not in data:
+        raise TaskDataError(f"the task's data has no {key!r} key")
+    value = data[key]
+    if not isinstance(value, str) or not value.strip():
+        raise TaskDataError(f"the task's data[{key!r}] is not a non-empty string")
+    if len(value) > MAX_IMAGE_REF_CHARS:
+        raise TaskDataError(f"the task's data[{key!r}] is longer than {MAX_IMAGE_REF_CHARS} characters")
+    return value.strip()
+
+
+def _result_id(task: int | None, from_name: str, index: int) -> str:
+    return hashlib.sha1(f"{task}:{from_name}:{index}".encode()).hexdigest()[:10]
+
+
+def choice_result(pred: ChoicePrediction, task: int | None, index: int) -> dict[str, Any]:
+    """One `choices` result, as Label Studio stores it in a prediction."""
+    return {
+        "id": _result_id(task, pred.from_name, index),
+        "from_name": pred.from_name,
+        "to_name": pred.to_name,
+        "type": "choices",
+        "value": {"choices": list(pred.choices)},
+        "score": round(pred.score, 6),
+    }
+
+
+def rectangle_result(region: RegionPrediction, task: int | None, index: int) -> dict[str, Any]:
+    """One `rectanglelabels` result: percent of the EXIF-upright image, top-left corner, clamped to [0, 100]."""
+    x, y, w, h = regions.to_percent(regions.as_boxes([region.bbox_xyxy])[0], region.image_wh)
+    return {
+        "id": _result_id(task, region.from_name, index),
+        "from_name": region.from_name,
+        "to_name": region.to_name,
+        "type": "rectanglelabels",
+        "original_width": region.image_wh[0],
+        "original_height": region.image_wh[1],
+        "image_rotation": 0,
+        "value": {"x": round(x, 4), "y": round(y, 4), "width": round(w, 4), "height": round(h, 4), "rotation": 0,
+                  "rectanglelabels": [region.label]},
+        "score": round(region.score, 6),
+    }
+
+
+def prediction_json(pred: TaskPrediction) -> dict[str, Any]:
+    """A task's entry in the `/predict` response's `results` (empty `result` and score 0 when nothing predicted)."""
+    result = [choice_result(c, pred.task_id, i) for i, c in enumerate(pred.choices)]
+    result += [rectangle_result(r, pred.task_id, len(result) + i) for i, r in enumerate(pred.regions)]
+    return {"model_version": pred.model_version, "score": round(pred.score, 6), "result": result}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def drawn_regions(params: object) -> list[DrawnRegion]:
+    """The regions an annotator drew, from interactive `/predict`'s `params.context.result`.
+
+    Positions stay in percent here; the predictor converts them with the image's size. Malformed entries are
+    skipped: the rest of the request is still answered.
+    """
+    if not isinstance(params, dict) or not isinstance(params.get("context"), dict):
+        return []
+    results = params["context"].get("result")
+    if not isinstance(results, list):
+        return []
+    out = []
+    for item in results:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        value, kind = item["value"], str(item.get("type", "")).lower()
+        from_name, to_name = item.get("from_name"), item.get("to_name")
+        if not isinstance(from_name, str) or not isinstance(to_name, str):
+            continue
+        ow, oh = _number(item.get("original_width")), _number(item.get("original_height"))
+        wh = (int(ow), int(oh)) if ow and oh and ow > 0 and oh > 0 else None
+        x, y = _number(value.get("x")), _number(value.get("y"))
+        if x is None or y is None:
+            continue
+        if kind in ("rectanglelabels", "rectangle"):
+            w, h = _number(value.get("width")), _number(value.get("height"))
+            if w is None or h is None or w <= 0 or h <= 0:
+                continue
+            out.append(DrawnRegion(from_name, to_name, "rectangle", box_pct=(x, y, x + w, y + h), original_wh=wh))
+        elif kind in ("keypointlabels", "keypoint"):
+            out.append(DrawnRegion(from_name, to_name, "keypoint", point_pct=(x, y), original_wh=wh))
+    return out
+
+
+# The webhook actions feedback learning acts on; others (TASKS_CREATED, …) are acknowledged and ignored.
+LEARNED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
+
+
+def annotated_regions(result: object) -> tuple[AnnotatedRegion, ...]:
+    """Choices and rectangles of an annotation's `result`; other result types and malformed items are skipped."""
+    out = []
+    for item in result if isinstance(result, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        from_name, kind, value = item.get("from_name"), str(item.get("type", "")).lower(), item["value"]
+        if not isinstance(from_name, str):
+            continue
+        if kind == "choices" and isinstance(value.get("choices"), list):
+            labels = tuple(str(c) for c in value["choices"] if isinstance(c, str))
+            if labels:
+                out.append(AnnotatedRegion(from_name=from_name, labels=labels))
+        elif kind == "rectanglelabels" and isinstance(value.get("rectanglelabels"), list):
+            x, y, w, h = (_number(value.get(k)) for k in ("x", "y", "width", "height"))
+            labels = tuple(str(c) for c in value["rectanglelabels"] if isinstance(c, str))
+            if labels and x is not None and y is not None and w and h and w > 0 and h > 0:
+                out.append(AnnotatedRegion(from_name=from_name, labels=labels, box_pct=(x, y, x + w, y + h)))
+    return tuple(out)
+
+
+def scored_labels(result: object) -> list[tuple[str, str, float | None]]:
+    """(control, label, score) for every labelled item of a prediction's or annotation's `result`."""
+    out: list[tuple[str, str, float | None]] = []
+    for item in result if isinstance(result, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
+            continue
+        from_name, kind = item.get("from_name"), str(item.get("type", "")).lower()
+        labels = item["value"].get(kind) if kind in ("choices", "rectanglelabels") else None
+        if isinstance(from_name, str) and isinstance(labels, list):
+            out.extend((from_name, str(label), _number(item.get("score"))) for label in labels if isinstance(label, str))
+    return out
+
+
+def annotation_event(annotation: object, task: object, project: object) -> AnnotationEvent:
+    """An annotation from a webhook payload (or an export's task) as a domain event.
+
+    Raises:
+        InvalidRequestError: no annotation id, or no project.
+    """
+    if not isinstance(annotation, dict) or not isinstance(annotation.get("id"), int):
+        raise InvalidRequestError("the annotation has no integer id")
+    pid = project_id(project.get("id") if isinstance(project, dict) else project)
+    task_obj = task if isinstance(task, dict) else {}
+    raw_data = task_obj.get("data")
+    data: dict[str, object] = raw_data if isinstance(raw_data, dict) else {}
+    tid = task_id(task_obj) if task_obj else (annotation.get("task") if isinstance(annotation.get("task"), int) else None)
+    return AnnotationEvent(project_id=pid, annotation_id=int(annotation["id"]), task_id=tid, task_data=dict(data),
+                           regions=annotated_regions(annotation.get("result")),
+                           cancelled=bool(annotation.get("was_cancelled", False)))
+
+
+def deleted_annotation_ids(payload: dict[str, Any]) -> list[int]:
+    """`ANNOTATIONS_DELETED` carries `annotations: [{"id": …}, …]` (plural)."""
+    items = payload.get("annotations")
+    return [int(a["id"]) for a in items if isinstance(a, dict) and isinstance(a.get("id"), int)] \
+        if isinstance(items, list) else []
+
+
+def webhook_project(payload: dict[str, Any]) -> str:
+    """The project id of a webhook payload (`project` is an object there, `{"id": …}`)."""
+    project = payload.get("project")
+    return project_id(project.get("id") if isinstance(project, dict) else project)

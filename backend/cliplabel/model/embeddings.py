@@ -1,0 +1,178 @@
+"""Cache-through embeddings: an image or prompt is encoded once per encoder, then read from the store."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from cliplabel.vision import images
+from cliplabel.vision import prompts
+from cliplabel.core.domain import Encoder, PromptEnsemble
+from cliplabel.core.errors import ImageFetchError
+from cliplabel.core.metrics import Metrics
+from cliplabel.store import Store
+
+logger = logging.getLogger(__name__)
+IMAGE_NS = "image"
+TEXT_NS = "text"
+CROP_NS = "crop"
+
+
+def content_hash(data: bytes) -> str:
+    """The key of an image in every cache: SHA-256 of its encoded bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class EmbeddingService:
+    """Encodes images and texts through the store's cache, in full batches."""
+
+    def __init__(self, encoder: Encoder, store: Store, batch_size: int, max_pixels: int, pool: ThreadPoolExecutor,
+                 metrics: Metrics, resize_mode: images.ResizeMode = "shortest", device_decode: bool = False) -> None:
+        self.encoder = encoder
+        self.store = store
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.pool = pool
+        self.metrics = metrics
+        self.resize_mode = resize_mode
+        # JPEGs decoded and resized by the encoder on its device (nvjpeg on CUDA): past a few thousand images/s the
+        # CPU cannot decode as fast as a GPU encodes. Anything else takes the PIL path.
+        self.device_decode = device_decode and resize_mode == "shortest" and hasattr(encoder, "encode_jpegs")
+        # Prompt vectors never change for a given encoder, so a process-local copy cannot go stale.
+        self._text_memo: dict[str, np.ndarray] = {}
+        self._text_lock = threading.Lock()
+        self._ensembles: dict[str, np.ndarray] = {}
+        self._ensemble_locks: dict[str, threading.Lock] = {}
+
+    def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """text → (D,) float32 L2-normalised, encoding only what neither memory nor the store holds."""
+        wanted = list(dict.fromkeys(texts))
+        with self._text_lock:
+            out = {t: self._text_memo[t] for t in wanted if t in self._text_memo}
+        missing = [t for t in wanted if t not in out]
+        if missing:
+            cached = self.store.get_vectors(TEXT_NS, self.encoder.encoder_id, [_text_key(t) for t in missing])
+            to_encode = [t for t, v in zip(missing, cached) if v is None]
+            out.update({t: v for t, v in zip(missing, cached) if v is not None})
+            if to_encode:
+                vecs = self.encoder.encode_texts(to_encode)
+                self.metrics.inc("texts_encoded", len(to_encode))
+                self.store.put_vectors(TEXT_NS, self.encoder.encoder_id,
+                                       {_text_key(t): v for t, v in zip(to_encode, vecs)})
+                out.update(zip(to_encode, vecs))
+            with self._text_lock:
+                self._text_memo.update({t: out[t] for t in missing})
+        return out
+
+    def ensemble_vectors(self, ensembles: Sequence[PromptEnsemble]) -> np.ndarray:
+        """(K, D) weighted prompt-ensemble vectors, computed once per distinct set of ensembles.
+
+        Concurrent callers for the same set (the /setup warm-up and a first /predict) wait for one computation
+        instead of each encoding the same prompts.
+        """
+        key = hashlib.sha256(repr([(e.prompts, e.weights) for e in ensembles]).encode()).hexdigest()
+        with self._text_lock:
+            key_lock = self._ensemble_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            cached = self._ensembles.get(key)
+            if cached is None:
+                emb = self.texts([p for e in ensembles for p in e.prompts])
+                cached = self._ensembles[key] = prompts.class_vectors(ensembles, emb)
+            return cached
+
+    def images(self, blobs: Sequence[bytes]) -> list[np.ndarray | ImageFetchError]:
+        """One (D,) embedding per image, or the decode error for that image; cached by content hash."""
+        hashes = [content_hash(b) for b in blobs]
+        unique = list(dict.fromkeys(hashes))
+        cached = dict(zip(unique, self.store.get_vectors(IMAGE_NS, self.encoder.encoder_id, unique)))
+        misses = [h for h in unique if cached[h] is None]
+        self.metrics.inc("image_cache_hits", len(unique) - len(misses))
+        self.metrics.inc("image_cache_misses", len(misses))
+        results: dict[str, np.ndarray | ImageFetchError] = {h: v for h, v in cached.items() if v is not None}
+        if misses:
+            blob_of = dict(zip(hashes, blobs))
+            if self.device_decode:
+                results.update(self._encode_on_device([h for h in misses
+                                                       if images.device_decodable(blob_of[h], self.max_pixels)],
+                                                      blob_of))
+                misses = [h for h in misses if h not in results]
+            prepared = list(self.pool.map(lambda h: self._prepare(blob_of[h]), misses))
+            ok = [(h, p) for h, p in zip(misses, prepared) if not isinstance(p, ImageFetchError)]
+            results.update({h: p for h, p in zip(misses, prepared) if isinstance(p, ImageFetchError)})
+            for i in range(0, len(ok), self.batch_size):
+                chunk = ok[i:i + self.batch_size]
+                vecs = self.encoder.encode_images(np.stack([p for _, p in chunk]))
+                self.metrics.inc("images_encoded", len(chunk))
+                self.store.put_vectors(IMAGE_NS, self.encoder.encoder_id, {h: v for (h, _), v in zip(chunk, vecs)})
+                results.update({h: v for (h, _), v in zip(chunk, vecs)})
+        return [results[h] for h in hashes]
+
+    def _encode_on_device(self, hashes: list[str], blob_of: dict[str, bytes]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i in range(0, len(hashes), self.batch_size):
+            chunk = hashes[i:i + self.batch_size]
+            try:
+                vecs = self.encoder.encode_jpegs([blob_of[h] for h in chunk])  # type: ignore[attr-defined]
+            except RuntimeError as exc:  # a JPEG the device decoder rejects: these go through PIL, one by one
+                logger.info("device decode failed for %d images (%s); decoding them on the CPU", len(chunk), exc)
+                continue
+            self.metrics.inc("images_encoded", len(chunk))
+            self.metrics.inc("images_device_decoded", len(chunk))
+            self.store.put_vectors(IMAGE_NS, self.encoder.encoder_id, dict(zip(chunk, vecs)))
+            out.update(zip(chunk, vecs))
+        return out
+
+    def cached_images(self, hashes: Sequence[str]) -> list[np.ndarray | None]:
+        """Image embeddings by content hash, from the cache only (None where an image was never encoded)."""
+        return self.store.get_vectors(IMAGE_NS, self.encoder.encoder_id, list(hashes)) if hashes else []
+
+    def crops(self, jobs: Sequence[tuple[str, str, Callable[[], np.ndarray]]]) -> list[np.ndarray]:
+        """Cached crop embeddings, encoded in full batches across every job of the call.
+
+        Args:
+            jobs: (image content hash, crop key, function making the (S, S, 3) uint8 crop). The crop key names the
+                window (and its masking), so a re-score after retraining finds every crop in the cache.
+
+        Returns:
+            One (D,) embedding per job, in order.
+        """
+        keys = [f"{h}:{k}" for h, k, _ in jobs]
+        unique = list(dict.fromkeys(keys))
+        cached = dict(zip(unique, self.store.get_vectors(CROP_NS, self.encoder.encoder_id, unique)))
+        misses = [k for k in unique if cached[k] is None]
+        self.metrics.inc("crop_cache_hits", len(unique) - len(misses))
+        make = {key: job[2] for key, job in zip(keys, jobs)}
+        results: dict[str, np.ndarray] = {k: v for k, v in cached.items() if v is not None}
+        chunks = [misses[i:i + self.batch_size] for i in range(0, len(misses), self.batch_size)]
+
+        def make_chunk(chunk: list[str]) -> np.ndarray:
+            return np.stack([make[k]() for k in chunk])
+
+        # Pipelined: while the encoder works on one batch (torch releases the GIL), the next batch's crops are made.
+        pending = self.pool.submit(make_chunk, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            assert pending is not None
+            arrays = pending.result()
+            pending = self.pool.submit(make_chunk, chunks[i + 1]) if i + 1 < len(chunks) else None
+            vecs = self.encoder.encode_images(arrays)
+            self.metrics.inc("crops_encoded", len(chunk))
+            self.store.put_vectors(CROP_NS, self.encoder.encoder_id, dict(zip(chunk, vecs)))
+            results.update(zip(chunk, vecs))
+        return [results[k] for k in keys]
+
+    def _prepare(self, blob: bytes) -> np.ndarray | ImageFetchError:
+        size = self.encoder.image_size
+        try:
+            decoded = images.decode(blob, self.max_pixels, min_side=size)
+            return images.prepare(decoded.image, size, self.resize_mode)
+        except ImageFetchError as exc:
+            return exc

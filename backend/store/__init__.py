@@ -1,5 +1,0 @@
-"""Shared state: cached vectors, project settings and model versions, in Redis or in an embedded SQLite file."""
-
-from backend.store.base import Store, open_store
-
-__all__ = ["Store", "open_store"]
