@@ -23,16 +23,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend import proposals  # noqa: E402
-from cliplabel.services.detect import BoxDetector, BoxImage, DetectorConfig  # noqa: E402
 from cliplabel.core.domain import Control, LabelClass  # noqa: E402
+from cliplabel.core.metrics import Metrics  # noqa: E402
 from cliplabel.model.embeddings import EmbeddingService, content_hash  # noqa: E402
 from cliplabel.model.encoder import load_encoder  # noqa: E402
-from cliplabel.labelstudio.fetch import ImageFetcher  # noqa: E402
-from cliplabel.core.metrics import Metrics  # noqa: E402
-from cliplabel.services.predict import LabelStudioDefaults, Predictor  # noqa: E402
-from cliplabel.vision.prompts import DEFAULT_TEMPLATES  # noqa: E402
+from cliplabel.services.class_vectors import ClassVectors  # noqa: E402
+from cliplabel.services.detect import BoxDetector, BoxImage, DetectorConfig  # noqa: E402
 from cliplabel.store import open_store  # noqa: E402
+from cliplabel.vision import proposals  # noqa: E402
+from cliplabel.vision.prompts import DEFAULT_TEMPLATES  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.detection_eval import evaluate  # noqa: E402
 
@@ -84,11 +83,9 @@ def main() -> int:
             store = open_store(None, Path(tmp))
             metrics = Metrics()
             emb = EmbeddingService(encoder, store, args.batch, 10**8, pool, metrics)
-            predictor = Predictor(emb, ImageFetcher(10**8, 10, None, 4), pool, DEFAULT_TEMPLATES,
-                                  LabelStudioDefaults(None, None, (), None), metrics, config)
-            detector: BoxDetector = predictor.detector
+            detector = BoxDetector(emb, store, pool, ClassVectors(emb, DEFAULT_TEMPLATES), config)
             detector.background_vectors(control)
-            predictor.class_vectors(control)
+            detector.class_vectors.zero_shot(control)
             items = [BoxImage(content_hash(synthetic.encode_png(img)), img) for img, _ in scenes]
             t0 = time.perf_counter()
             found = []

@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend import label_config  # noqa: E402
-from cliplabel.core.settings import Settings  # noqa: E402
-from cliplabel.model.encoder import load_encoder  # noqa: E402
-from cliplabel.container import build_services  # noqa: E402
 from bench.suite import CHOICES, jpegs, raw  # noqa: E402
+from cliplabel.container import build_services  # noqa: E402
+from cliplabel.core.settings import Settings  # noqa: E402
+from cliplabel.labelstudio import label_config  # noqa: E402
+from cliplabel.model.encoder import load_encoder  # noqa: E402
 from tests import tinyclip  # noqa: E402
 from tests.e2e import labelstudio  # noqa: E402
 

@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cliplabel.container import Services, build_services  # noqa: E402
 from cliplabel.core.settings import Settings  # noqa: E402
 from cliplabel.model.encoder import load_encoder  # noqa: E402
-from cliplabel.container import Services, build_services  # noqa: E402
 from cliplabel.store import open_store  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.detection_eval import evaluate  # noqa: E402

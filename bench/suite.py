@@ -38,12 +38,13 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend import images, label_config  # noqa: E402
 from cliplabel.api.app import create_app  # noqa: E402
-from cliplabel.core.settings import Settings  # noqa: E402
-from cliplabel.model.encoder import load_encoder  # noqa: E402
 from cliplabel.container import build_services  # noqa: E402
+from cliplabel.core.settings import Settings  # noqa: E402
+from cliplabel.labelstudio import label_config  # noqa: E402
+from cliplabel.model.encoder import load_encoder  # noqa: E402
 from cliplabel.store import open_store  # noqa: E402
+from cliplabel.vision import images  # noqa: E402
 from tests import synthetic, tinyclip  # noqa: E402
 from tests.support import LS_TOKEN, free_port, start_image_host, start_server  # noqa: E402
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from cliplabel.core.settings import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 from cliplabel.core.errors import SettingsError
+from cliplabel.core.settings import DEFAULT_MODEL, DEFAULT_PRETRAINED, Settings
 
 
 def test_defaults_need_no_environment() -> None:

@@ -7,10 +7,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from cliplabel.vision import images
-from cliplabel.core.settings import Settings
-from cliplabel.core.errors import ImageFetchError
 from cliplabel.container import build_services
+from cliplabel.core.errors import ImageFetchError
+from cliplabel.core.settings import Settings
+from cliplabel.vision import images
 from tests import synthetic
 
 

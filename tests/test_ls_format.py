@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cliplabel.labelstudio import format as ls_format
 from cliplabel.core.domain import ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
 from cliplabel.core.errors import InvalidRequestError, TaskDataError
+from cliplabel.labelstudio import format as ls_format
 
 
 def test_prediction_with_choices_and_rectangles() -> None:
@@ -65,7 +65,7 @@ def test_drawn_regions_as_label_studio_sends_them() -> None:
         "junk",
     ]}}
     assert ls_format.drawn_regions(params) == [
-        DrawnRegion("bbox", "image", "rectangle", box_pct=(20.0, 20.0, 50.0, 50.0), original_wh=(64, 48)),
+        DrawnRegion("bbox", "image", "rectangle", box_pct=(20.0, 20.0, 50.0, 50.0)),
         DrawnRegion("kp", "image", "keypoint", point_pct=(50.5, 10.0)),
     ]
     assert ls_format.drawn_regions({"context": None}) == [] and ls_format.drawn_regions(None) == []

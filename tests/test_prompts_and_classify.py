@@ -5,10 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliplabel.vision import classify
-from cliplabel.vision import prompts
 from cliplabel.core.domain import Control, LabelClass
 from cliplabel.core.errors import SettingsError
+from cliplabel.vision import classify, prompts
 
 
 def _unit(v: list[float]) -> np.ndarray:
@@ -39,20 +38,50 @@ def test_class_vector_is_the_normalised_weighted_mean() -> None:
     np.testing.assert_allclose(skewed[0], _unit([3, 1]), atol=1e-6)
 
 
-@pytest.mark.parametrize(("text", "error"), [("", "holds no prompts"), ("# only a comment\n", "holds no prompts"),
-                                             ("a photo\n", "'a photo'"), ("a {} and {}\n", "exactly one")])
-def test_bad_template_files(tmp_path: Path, text: str, error: str) -> None:
+@pytest.mark.parametrize(("text", "error"), [("", "no prompts"), ("# only a comment\n", "no prompts"),
+                                             ("a photo\n", "'a photo'"), ("a {} and {}\n", "exactly one"),
+                                             ("".join(f"{{}} {i}\n" for i in range(300)), "at most 256")])
+def test_bad_templates(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        prompts.parse_templates(text)
+
+
+def test_templates_keep_their_order_without_comments_blanks_or_repeats() -> None:
+    text = "# ours\na satellite image of {}.\n\nan aerial photo of a {}.\na satellite image of {}.\n"
+    assert prompts.parse_templates(text) == ("a satellite image of {}.", "an aerial photo of a {}.")
+
+
+@pytest.mark.parametrize(("text", "error"), [("", "CLIPLABEL_TEMPLATES: .*no prompts"),
+                                             ("a photo\n", "CLIPLABEL_TEMPLATES: .*'a photo'"),
+                                             (b"\xff\xfe{}", "CLIPLABEL_TEMPLATES: cannot read")])
+def test_bad_template_files_name_the_variable(tmp_path: Path, text: str | bytes, error: str) -> None:
+    from cliplabel.container import prompt_templates
+    from cliplabel.core.settings import Settings
+
     path = tmp_path / "t.txt"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(SettingsError, match=error):
-        prompts.load_templates(path)
+        prompt_templates(Settings(templates_file=path))
+
+
+def test_a_bad_background_prompt_file_names_the_variable(tmp_path: Path) -> None:
+    from cliplabel.container import detector_config
+    from cliplabel.core.settings import Settings
+
+    path = tmp_path / "bg.txt"
+    path.write_text("# nothing but comments\n")
+    with pytest.raises(SettingsError, match="CLIPLABEL_BACKGROUND_PROMPTS: .*no prompts"):
+        detector_config(Settings(background_prompts_file=path))
 
 
 def test_template_file_overrides_defaults(tmp_path: Path) -> None:
+    from cliplabel.container import prompt_templates
+    from cliplabel.core.settings import Settings
+
     path = tmp_path / "t.txt"
     path.write_text("# ours\na satellite image of {}.\n\nan aerial photo of a {}.\n")
-    assert prompts.load_templates(path) == ("a satellite image of {}.", "an aerial photo of a {}.")
-    assert prompts.load_templates(None) == prompts.DEFAULT_TEMPLATES
+    assert prompt_templates(Settings(templates_file=path)) == ("a satellite image of {}.", "an aerial photo of a {}.")
+    assert prompt_templates(Settings()) == prompts.DEFAULT_TEMPLATES
 
 
 def test_softmax_rows_sum_to_one_and_sharpen_with_scale() -> None:

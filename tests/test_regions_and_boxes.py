@@ -3,8 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cliplabel.vision import boxes
-from cliplabel.vision import regions
+from cliplabel.vision import boxes, regions
 from cliplabel.vision.boxes import BoxParams
 
 

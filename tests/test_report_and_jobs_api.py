@@ -6,9 +6,10 @@ import time
 
 import numpy as np
 
-from cliplabel.services import report
-from cliplabel.core.domain import FeedbackExample, ModelVersion
+from cliplabel.core.domain import FeedbackExample, ModelVersion, ProjectTask
+from cliplabel.labelstudio import format as ls_format
 from cliplabel.offline.plots import write_plots
+from cliplabel.services import report
 
 
 def _example(aid: int, label: str | None, kind: str) -> FeedbackExample:
@@ -32,9 +33,11 @@ def test_report_counts_scores_acceptance_and_learning_curve(tmp_path) -> None:  
                 ModelVersion("7", "e", 1, "m-r1", time.time(), metrics={"label.examples": 40.0,
                                                                         "label.loo_accuracy": 0.9,
                                                                         "label.current_accuracy": 0.6})]
-    tasks = [{"id": i, "total_annotations": 1 if i < 40 else 0} for i in range(50)]
-    rep = report.build_report("7", "m-r1", tasks, preds, versions, feedback, [("label", "cat"), ("label", "dog"),
-                                                                               ("label", "bird")])
+    # Label Studio's JSON, read as the client reads it
+    tasks = [ls_format.project_task({"id": i, "total_annotations": 1 if i < 40 else 0}) for i in range(50)]
+    known: list[ProjectTask] = [t for t in tasks if t is not None]
+    rep = report.build_report("7", "m-r1", known, ls_format.stored_predictions(preds), versions, feedback,
+                              [("label", "cat"), ("label", "dog"), ("label", "bird")])
     cat, dog, bird = rep.classes
     assert (cat.predicted, dog.predicted, bird.predicted) == (20, 10, 0)
     assert cat.mean_score is not None and abs(cat.mean_score - np.mean([0.5 + i / 100 for i in range(30) if i % 3])) < 1e-9

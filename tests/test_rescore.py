@@ -6,10 +6,10 @@ import dataclasses
 
 import numpy as np
 
-from cliplabel.labelstudio import label_config
-from cliplabel.core.settings import Settings
 from cliplabel.container import build_services
-from cliplabel.vision.train import Head
+from cliplabel.core.domain import Head
+from cliplabel.core.settings import Settings
+from cliplabel.labelstudio import label_config
 from tests import synthetic
 from tests.support import LS_TOKEN
 from tests.test_boxes_api import BOTH_CONFIG, CLASSES

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cliplabel.labelstudio import format as ls_format
 from cliplabel.core.errors import InvalidRequestError
+from cliplabel.labelstudio import format as ls_format
 from tests import synthetic
 from tests.support import LS_TOKEN
 

@@ -5,7 +5,15 @@ import base64
 import pytest
 
 from cliplabel.core.errors import ImageNotAllowedError, TaskDataError
-from cliplabel.labelstudio.sources import DataUriSource, HttpSource, LocalFileSource, SourceContext, host_allowed, local_relative_path, resolve
+from cliplabel.labelstudio.sources import (
+    DataUriSource,
+    HttpSource,
+    LocalFileSource,
+    SourceContext,
+    host_allowed,
+    local_relative_path,
+    resolve,
+)
 
 LS = SourceContext(base_url="http://ls.local:8080", allowed_hosts=("img.example.com", "*.cdn.io", "raw.io:8443"),
                    local_files_root="/srv/files")

@@ -1,6 +1,13 @@
 """Train the tiny CLIP that the tests use, deterministically, on CPU.
 
-    python -m tests.tinyclip OUT_DIR      # writes an open_clip `local-dir:` model directory to OUT_DIR
+    python -m tests.tinyclip [--variant framed|plain] [OUT_DIR]   # prints (or copies to OUT_DIR) a `local-dir:` model
+
+Two structurally different test models, so that no quality claim rests on one model having learned our method:
+- `framed` (the default): ModifiedResNet width 16, embed 128, logit scale up to 100, also trained on framing captions
+  ("part of a red circle.") for 15 % of its images;
+- `plain`: ModifiedResNet width 24 with a wider head, embed 96, a 2-layer text tower, logit scale capped at 20 (a
+  softer temperature), and never a framing caption: like most real CLIPs, it has no notion of "part of" beyond what
+  whole-object captions teach.
 
 No pretrained CLIP can be downloaded where the tests run, so the suite trains its own: an open_clip ModifiedResNet +
 text transformer (8 M parameters) on coloured shapes from `tests.synthetic`, with a multi-positive contrastive loss
@@ -19,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +64,31 @@ PARTIAL = ("part of a {}.", "a cropped part of a {}.", "a piece of a {}.", "the 
 PARTIAL_RATE = 0.15
 
 
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model_cfg: dict
+    partial_rate: float  # share of training images that are framing crops captioned "part of a ..."
+    max_logit_scale: float
+
+
+VARIANTS = {
+    "framed": Variant("framed", MODEL_CFG, PARTIAL_RATE, 100.0),
+    "plain": Variant("plain", {
+        "embed_dim": 96,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 24, "head_width": 48},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 96, "heads": 4, "layers": 2},
+    }, 0.0, 20.0),
+}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("CLIPLABEL_CACHE_DIR", Path.home() / ".cache" / "cliplabel"))
 
 
-def content_key() -> str:
-    """Hash of the code that decides the model: change either file and the cache misses."""
-    h = hashlib.sha256()
+def content_key(variant: str = "framed") -> str:
+    """Hash of the code that decides the model and of the variant's name: change either file and the cache misses."""
+    h = hashlib.sha256(variant.encode())
     for path in (Path(__file__), Path(synthetic.__file__)):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -129,8 +155,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def train(out_dir: Path, steps: int = STEPS, log=_log) -> dict:  # type: ignore[no-untyped-def]
+def train(out_dir: Path, steps: int = STEPS, log=_log, variant: str = "framed") -> dict:  # type: ignore[no-untyped-def]
     """Trains the model and writes `open_clip_config.json`, `open_clip_model.safetensors` and `eval.json`."""
+    spec = VARIANTS[variant]
     import open_clip
     import torch
     from safetensors.torch import save_file
@@ -138,10 +165,10 @@ def train(out_dir: Path, steps: int = STEPS, log=_log) -> dict:  # type: ignore[
     torch.manual_seed(SEED)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    images, labels = _dataset(SEED, N_TRAIN, PARTIAL_RATE)
-    log(f"tinyclip: {N_TRAIN} training images in {time.perf_counter() - t0:.1f}s")
-    model = open_clip.CLIP(**MODEL_CFG)
-    tokenizer = open_clip.SimpleTokenizer(context_length=MODEL_CFG["text_cfg"]["context_length"])
+    images, labels = _dataset(SEED, N_TRAIN, spec.partial_rate)
+    log(f"tinyclip[{variant}]: {N_TRAIN} training images in {time.perf_counter() - t0:.1f}s")
+    model = open_clip.CLIP(**spec.model_cfg)
+    tokenizer = open_clip.SimpleTokenizer(context_length=spec.model_cfg["text_cfg"]["context_length"])
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
@@ -179,19 +206,21 @@ def train(out_dir: Path, steps: int = STEPS, log=_log) -> dict:  # type: ignore[
         opt.step()
         sched.step()
         with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+            model.logit_scale.clamp_(0, math.log(spec.max_logit_scale))
         if step % 50 == 0 or step == steps - 1:
-            log(f"tinyclip: step {step:4d}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
+            log(f"tinyclip[{variant}]: step {step:4d}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": MODEL_CFG, "preprocess_cfg": {"size": 64, "mean": list(MEAN), "std": list(STD),
+    config = {"model_cfg": spec.model_cfg, "preprocess_cfg": {"size": 64, "mean": list(MEAN), "std": list(STD),
                                                          "interpolation": "bicubic", "resize_mode": "shortest"}}
     (out_dir / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "open_clip_model.safetensors"))
     metrics = evaluate(model, tokenizer)
     metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
+    metrics["variant"] = variant
+    metrics["logit_scale"] = round(float(model.logit_scale.exp().item()), 2)
     (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-    log(f"tinyclip: held-out zero-shot {metrics}")
+    log(f"tinyclip[{variant}]: held-out zero-shot {metrics}")
     return metrics
 
 
@@ -240,16 +269,18 @@ def evaluate(model, tokenizer) -> dict:  # type: ignore[no-untyped-def]
     return out
 
 
-def ensure_model(log=_log) -> Path:  # type: ignore[no-untyped-def]
-    """Returns the cached model directory for this code, training it first if it is missing."""
-    final = cache_root() / "tinyclip" / content_key()
+def ensure_model(log=_log, variant: str = "framed") -> Path:  # type: ignore[no-untyped-def]
+    """Returns the cached model directory for this code and variant, training it first if it is missing."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown tiny CLIP variant {variant!r}; known: {', '.join(VARIANTS)}")
+    final = cache_root() / "tinyclip" / content_key(variant)
     if (final / "eval.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     # Train into a temporary sibling and rename, so a killed run never leaves a half-written model in the cache.
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
-        train(tmp, log=log)
+        train(tmp, log=log, variant=variant)
         if not final.exists():
             tmp.rename(final)
     finally:
@@ -258,10 +289,13 @@ def ensure_model(log=_log) -> Path:  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1 or (argv and argv[0] in ("-h", "--help")):
+    variant = "framed"
+    if argv[:1] == ["--variant"] and len(argv) >= 2:
+        variant, argv = argv[1], argv[2:]
+    if len(argv) > 1 or (argv and argv[0].startswith("-")) or variant not in VARIANTS:
         print(__doc__)
         return 2
-    src = ensure_model()
+    src = ensure_model(variant=variant)
     if argv:
         out = Path(argv[0])
         out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`cliplabel` command line: `serve` runs the ML backend, `worker` processes feedback with Redis."""
+"""`cliplabel`, the command line: `serve` and `worker` run the backend; `health`, `label`, `prelabel` and `report` are
+one-shot commands (see `parser()` for all six and their options)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,46 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cliplabel import __version__
-from cliplabel.core.settings import Settings
 from cliplabel.core.errors import CliplabelError, SettingsError
+from cliplabel.core.settings import Settings
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `--help` stays fast
+    from cliplabel.services.bulk import JobStatus
 
 logger = logging.getLogger("cliplabel")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SERVICES = ("serve", "worker")  # long-running: they log what they do at CLIPLABEL_LOG_LEVEL
+DESCRIPTION = """A Label Studio ML backend that pre-labels images with CLIP and learns from annotators.
+
+`label`, `prelabel` and `report` print warnings and a progress bar only; -v adds our log. Settings come from the
+environment (CLIPLABEL_*, LABEL_STUDIO_*; see the README)."""
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, command: str, verbose: bool = False) -> None:
+    """Once per process. Services log at `level`. One-shot commands stay quiet: warnings only, from everyone (open_clip
+    alone logs a dozen INFO lines per model load), unless `verbose` lets our own loggers speak at `level`."""
+    if command in SERVICES:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+        return
+    quiet = max(logging.WARNING, int(logging.getLevelName(level)))
+    logging.basicConfig(level=quiet, format=LOG_FORMAT)
+    if verbose:
+        logger.setLevel(level)
+
+
+def progress_bar(total: int, unit: str, initial: int = 0) -> tqdm:
+    """A progress bar on stderr whose rate counts what was done since it started (after `initial`), in units/s."""
+    # smoothing=0: the average since the start, not a moving one; rate_noinv_fmt: always "n unit/s" (tqdm would
+    # switch to "s/unit" below one per second).
+    return tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, smoothing=0, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}]")
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,25 +68,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-    from rq import SimpleWorker
-
-    from cliplabel.jobs import runners as jobs
     from cliplabel.container import build_services
+    from cliplabel.jobs.rq import run_worker
 
     if not settings.redis_url:
         logger.error("cliplabel worker needs CLIPLABEL_REDIS_URL; on the embedded store `cliplabel serve` learns by "
                      "itself")
         return 2
     services = build_services(settings, worker=True)
-    jobs.WORKER_FEEDBACK, jobs.WORKER_BULK = services.feedback, services.bulk
-    connection = redis.Redis.from_url(settings.redis_url)
-    # SimpleWorker runs jobs in this process: the model stays loaded, and no fork breaks torch's or our thread pools.
-    queues = jobs.worker_queues(settings.redis_prefix)
-    worker = SimpleWorker(queues, connection=connection)
-    logger.info("worker %s listening on queues=%s", services.bulk.worker, ",".join(queues))
-    worker.work(burst=args.burst, with_scheduler=True)
-    services.close(close_store=True)
+    try:
+        run_worker(settings.redis_url, settings.redis_prefix, services.worker_context(), burst=args.burst)
+    finally:
+        services.close(close_store=True)
     return 0
 
 
@@ -74,23 +98,13 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else 1
 
 
-def _progress(done: int, total: int, started: float, unit: str = "img", first: int = 0) -> None:
-    """A one-line progress bar on stderr; the rate counts what was done since `started` (after `first`)."""
-    width = 30
-    filled = int(width * done / max(total, 1))
-    rate = (done - first) / max(time.monotonic() - started, 1e-9)
-    eta = (total - done) / rate if rate > 0 else 0.0
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:.1f} {unit}/s eta {eta:.0f}s",
-          end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-
 def _label(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from cliplabel.offline import export
-    from cliplabel.labelstudio import label_config
-    from cliplabel.offline.label_folder import find_images, label_images
     from cliplabel.container import build_services
+    from cliplabel.labelstudio import label_config
+    from cliplabel.offline import export
+    from cliplabel.offline.label_folder import find_images, label_images
 
     if args.label_config:
         config = label_config.parse_label_config(Path(args.label_config).read_text())
@@ -107,9 +121,9 @@ def _label(args: argparse.Namespace, settings: Settings) -> int:
     services = build_services(settings, worker=True)
     try:
         boxes = args.boxes or args.format in ("yolo", "coco")
-        started = time.monotonic()
-        items = label_images(services.predictor, paths, classes, boxes, batch=settings.batch_size,
-                             progress=lambda d, t: _progress(d, t, started))
+        with logging_redirect_tqdm(), progress_bar(len(paths), "img") as bar:
+            items = label_images(services.predictor, paths, classes, boxes, batch=settings.batch_size,
+                                 progress=lambda done, _total: bar.update(done - bar.n))
     finally:
         services.close(close_store=True)
     out = Path(args.out)
@@ -123,27 +137,39 @@ def _label(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _job_progress() -> tuple[Callable[[JobStatus], None], Callable[[], None]]:
+    """(callback for a bulk job's statuses, close): a bar over the job's tasks, opened once the plan knows them;
+    tasks that already had a prediction start it off and do not count towards the rate."""
+    bars: list[tqdm] = []
+
+    def progress(status: JobStatus) -> None:
+        if not bars:
+            bars.append(progress_bar(status.total, "tasks", initial=status.done))
+        bars[0].update(status.done - bars[0].n)
+
+    def close() -> None:
+        for bar in bars:
+            bar.close()
+
+    return progress, close
+
+
 def _prelabel(args: argparse.Namespace, settings: Settings) -> int:
-    from cliplabel.services.bulk_jobs import JobStatus
     from cliplabel.container import build_services
 
     services = build_services(settings, worker=True)
+    started = time.monotonic()
+    progress, close_bar = _job_progress()
     try:
-        spec = services.bulk.create(str(args.project), "rescore" if args.unlabelled else "prelabel", args.batch)
-        started = time.monotonic()
-        first: list[int] = []
-
-        def progress(status: JobStatus) -> None:
-            if not first:  # tasks that already had a prediction do not count towards the rate
-                first.append(status.done)
-            _progress(status.done, status.total, started, "tasks", first[0])
-
-        stats = services.bulk.run_all(spec.job_id, progress=progress)
+        with logging_redirect_tqdm():
+            stats = services.run_job_here(args.project, "rescore" if args.unlabelled else "prelabel", args.batch,
+                                          progress=progress)
     finally:
+        close_bar()
         services.close(close_store=True)
     print(f"project {args.project}: {stats.predicted} predicted, {stats.skipped} already had "
           f"{stats.model_version}, {stats.failed} failed, of {stats.total} tasks in "
-          f"{time.monotonic() - started:.1f}s (job {spec.job_id})")
+          f"{time.monotonic() - started:.1f}s (job {stats.job_id})")
     for error in stats.errors:
         print(f"  {error}", file=sys.stderr)
     return 0
@@ -152,9 +178,9 @@ def _prelabel(args: argparse.Namespace, settings: Settings) -> int:
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
-    from cliplabel.services import report
-    from cliplabel.offline.plots import write_plots
     from cliplabel.container import build_services
+    from cliplabel.offline.plots import write_plots
+    from cliplabel.services import report
 
     services = build_services(settings, worker=True)
     try:
@@ -168,19 +194,28 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cliplabel", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "serve": _serve, "worker": _worker, "health": _health, "label": _label, "prelabel": _prelabel, "report": _report}
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="cliplabel", description=DESCRIPTION,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    main_parser.add_argument("--version", action="version", version=f"cliplabel {__version__}")
+    main_parser.set_defaults(verbose=False)  # for the commands without -v
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-v", "--verbose", action="store_true", help="also log our progress (at CLIPLABEL_LOG_LEVEL)")
+    sub = main_parser.add_subparsers(dest="command", required=True, metavar="command")
     serve = sub.add_parser("serve", help="run the Label Studio ML backend (HTTP)")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9090, help="port (default 9090)")
-    work = sub.add_parser("worker", help="process feedback and retrain (rq worker; needs CLIPLABEL_REDIS_URL)")
-    work.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    work = sub.add_parser("worker", help="process feedback, retraining and bulk jobs (rq; needs CLIPLABEL_REDIS_URL)")
+    work.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     health = sub.add_parser("health", help="exit 0 when the backend on this machine is up (for healthchecks)")
     health.add_argument("--port", type=int, default=9090)
     health.add_argument("--timeout", type=float, default=3.0)
-    label = sub.add_parser("label", help="label a folder of images (no Label Studio) into YOLO, COCO or class folders")
+    label = sub.add_parser("label", parents=[quiet],
+                           help="label a folder of images (no Label Studio) into YOLO, COCO or class folders")
     label.add_argument("directory")
     label.add_argument("--classes", help="comma-separated class names")
     label.add_argument("--label-config", help="take the classes from a Label Studio label config file")
@@ -190,39 +225,33 @@ def main(argv: list[str] | None = None) -> int:
     label.add_argument("--threshold", type=float, default=0.5, help="folder: scores below go to _review/")
     label.add_argument("--val", type=float, default=0.2, help="yolo: validation fraction, stratified by class")
     label.add_argument("--min-box", type=float, default=4.0, help="yolo: drop boxes smaller than this (pixels)")
-    pre = sub.add_parser("prelabel", help="predict every task of a Label Studio project and store the predictions")
+    pre = sub.add_parser("prelabel", parents=[quiet],
+                         help="predict every task of a Label Studio project and store the predictions")
     pre.add_argument("--project", type=int, required=True)
     pre.add_argument("--batch", type=int, default=64, help="tasks per prediction batch (one chunk of the job)")
     pre.add_argument("--unlabelled", action="store_true",
                      help="only tasks without annotations, from cached embeddings where possible (after a retrain)")
-    rep = sub.add_parser("report", help="quality report of a project: per-class counts, scores, acceptance, learning")
+    rep = sub.add_parser("report", parents=[quiet],
+                         help="quality report of a project: per-class counts, scores, acceptance, learning")
     rep.add_argument("--project", type=int, required=True)
     rep.add_argument("--out", required=True, help="directory for report.md and its PNG plots")
-    args = parser.parse_args(argv)
+    return main_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"cliplabel: {exc.detail}", file=sys.stderr)
         return 2
     if args.command != "health":
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, args.command, verbose=args.verbose)
     try:
-        if args.command == "serve":
-            return _serve(args, settings)
-        if args.command == "worker":
-            return _worker(args, settings)
-        if args.command == "health":
-            return _health(args, settings)
-        if args.command == "label":
-            return _label(args, settings)
-        if args.command == "prelabel":
-            return _prelabel(args, settings)
-        if args.command == "report":
-            return _report(args, settings)
+        return COMMANDS[args.command](args, settings)
     except CliplabelError as exc:
         logger.error("%s", exc.detail)
         return 2
-    return 2
 
 
 if __name__ == "__main__":

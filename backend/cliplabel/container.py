@@ -4,32 +4,40 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from cliplabel.labelstudio import label_config
-from cliplabel.labelstudio import format as ls_format
-from cliplabel.vision import prompts
-from cliplabel.services import report
-from cliplabel.model.batcher import MicroBatcher
-from cliplabel.vision.boxes import BoxParams
-from cliplabel.core.settings import Settings
-from cliplabel.services.detect import DEFAULT_BACKGROUND_PROMPTS, DetectorConfig
 from cliplabel.core.domain import Encoder, LabelConfig, ModelVersion, ProjectState
-from cliplabel.model.embeddings import EmbeddingService
-from cliplabel.core.errors import CliplabelError, InvalidRequestError
-from cliplabel.services.feedback import FeedbackService
-from cliplabel.labelstudio.fetch import ImageFetcher
-from cliplabel.jobs.runners import BackgroundThread, BulkThread, Dispatcher, RqBulk, RqTrigger, Trigger
+from cliplabel.core.errors import CliplabelError, InvalidRequestError, SettingsError
 from cliplabel.core.metrics import Metrics
-from cliplabel.services.predict import LabelStudioDefaults, Predictor
-from cliplabel.services.bulk_jobs import BulkJobs, JobKind, JobStatus
-from cliplabel.vision.proposals import ProposalParams
+from cliplabel.core.settings import Settings
+from cliplabel.jobs.protocols import Dispatcher, Trigger
+from cliplabel.jobs.rq import RqBulk, RqTrigger, WorkerContext
+from cliplabel.jobs.threads import BackgroundThread, BulkThread
+from cliplabel.labelstudio import format as ls_format
+from cliplabel.labelstudio import label_config
+from cliplabel.labelstudio.client import ProjectClients
+from cliplabel.labelstudio.connections import LabelStudioConnections, LabelStudioDefaults
+from cliplabel.labelstudio.fetch import ImageFetcher
+from cliplabel.model.batcher import MicroBatcher
+from cliplabel.model.embeddings import EmbeddingService
+from cliplabel.services import report
+from cliplabel.services.bulk import BulkJobs, JobKind, JobStatus
+from cliplabel.services.class_vectors import ClassVectors
+from cliplabel.services.detect import DEFAULT_BACKGROUND_PROMPTS, BoxDetector, DetectorConfig
+from cliplabel.services.feedback import ExampleMaker, FeedbackService, Trainer
+from cliplabel.services.predict import Predictor
+from cliplabel.services.reference_index import ReferenceIndex
 from cliplabel.services.report import QualityReport
-from cliplabel.store import Store, open_store
 from cliplabel.services.versions import current_version
+from cliplabel.store import Store, open_store
+from cliplabel.store.heads import HeadStore
+from cliplabel.vision import prompts
+from cliplabel.vision.boxes import BoxParams
+from cliplabel.vision.proposals import ProposalParams
 
 logger = logging.getLogger(__name__)
 DEFAULT_PROJECT = "0"  # for callers that send a label config but no project
@@ -48,6 +56,7 @@ class Services:
     trigger: Trigger | None
     bulk: BulkJobs
     dispatcher: Dispatcher | None
+    clients: ProjectClients
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
@@ -70,10 +79,7 @@ class Services:
 
     def _warm_class_vectors(self, pid: str, config: LabelConfig) -> None:
         try:
-            for control in config.controls:
-                self.predictor.class_vectors(control)
-                if control.kind == "rectanglelabels":
-                    self.predictor.detector.background_vectors(control)
+            self.predictor.warm(config)
         except CliplabelError as exc:
             logger.warning("project=%s: could not prepare prompt vectors: %s", pid, exc.detail)
 
@@ -105,30 +111,38 @@ class Services:
         return [v.name for v in self.store.list_versions(pid, self.encoder.encoder_id)]
 
     def start_job(self, project: object, kind: JobKind, chunk_size: int) -> JobStatus:
-        """Creates a bulk job and hands it to the background (thread or rq workers); answers at once. While the
-        project's job of this kind still makes progress, that job is answered instead of starting a second."""
-        if self.dispatcher is None:
-            raise InvalidRequestError("this process does not run bulk jobs")
-        pid = ls_format.project_id(project)
-        running = self.bulk.active(pid, kind)
-        if running is not None:
-            logger.info("bulk job=%s already runs on project %s: not starting another", running.job_id, pid)
-            return running
-        spec = self.bulk.create(pid, kind, chunk_size)
-        self.dispatcher.start(spec.job_id)
-        return self.bulk.status(spec.job_id)
+        """See `start_bulk_job`."""
+        return start_bulk_job(self.bulk, self.dispatcher, project, kind, chunk_size)
 
-    def _rescore_after_train(self, version: ModelVersion) -> None:
-        status = self.start_job(version.project_id, "rescore", self.settings.batch_size * 2)
-        logger.info("project=%s: re-scoring unlabelled tasks with %s as bulk job %s", version.project_id,
-                    version.name, status.job_id)
+    def job_status(self, job_id: str) -> JobStatus:
+        return self.bulk.status(job_id)
+
+    def cancel_job(self, job_id: str) -> JobStatus:
+        return self.bulk.cancel(job_id)
+
+    def list_jobs(self, project: object) -> list[JobStatus]:
+        return self.bulk.list(ls_format.project_id(project))
+
+    def run_job_here(self, project: object, kind: JobKind, chunk_size: int,
+                     progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
+        """Creates a bulk job and runs it to the end in this process (the CLI); `progress` sees its status after
+        the plan and after each chunk."""
+        spec = self.bulk.create(ls_format.project_id(project), kind, chunk_size)
+        return self.bulk.run_all(spec.job_id, progress=progress)
+
+    def worker_context(self) -> WorkerContext:
+        """What the rq jobs of a `cliplabel worker` process run with."""
+        return WorkerContext(feedback=self.feedback, bulk=self.bulk)
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        return self.metrics.snapshot()
 
     def report(self, project: object) -> QualityReport:
         """The quality report of a project, from Label Studio's tasks and predictions and our feedback store."""
         pid = ls_format.project_id(project)
         state = self.store.get_project(pid)
-        client = self.bulk.client(pid)
-        schema = state.label_config if state else str(client.project(int(pid)).get("label_config", ""))
+        client = self.clients(pid)
+        schema = state.label_config if state else client.label_config(int(pid))
         config = label_config.parse_label_config(schema)
         version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
         return report.build_report(pid, version.name, list(client.tasks(int(pid))), client.predictions(int(pid)),
@@ -142,16 +156,66 @@ class Services:
         if self.dispatcher is not None:
             self.dispatcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.predictor.fetch_pool.shutdown(wait=False, cancel_futures=True)
+        self.predictor.close()
         if isinstance(self.encoder, MicroBatcher):
             self.encoder.close()
         if close_store:
             self.store.close()
 
 
+def start_bulk_job(bulk: BulkJobs, dispatcher: Dispatcher | None, project: object, kind: JobKind,
+                   chunk_size: int) -> JobStatus:
+    """Creates a bulk job and hands it to the background (thread or rq workers); answers at once. While the
+    project's job of this kind still makes progress, that job is answered instead of starting a second."""
+    if dispatcher is None:
+        raise InvalidRequestError("this process does not run bulk jobs")
+    pid = ls_format.project_id(project)
+    running = bulk.active(pid, kind)
+    if running is not None:
+        logger.info("bulk job=%s already runs on project %s: not starting another", running.job_id, pid)
+        return running
+    spec = bulk.create(pid, kind, chunk_size)
+    dispatcher.start(spec.job_id)
+    return bulk.status(spec.job_id)
+
+
+def rescore_after_train(bulk: BulkJobs, dispatcher: Dispatcher, chunk_size: int) -> Callable[[ModelVersion], None]:
+    """The callback that re-scores a project's unlabelled tasks with each version a retrain adds."""
+    def rescore(version: ModelVersion) -> None:
+        status = start_bulk_job(bulk, dispatcher, version.project_id, "rescore", chunk_size)
+        logger.info("project=%s: re-scoring unlabelled tasks with %s as bulk job %s", version.project_id,
+                    version.name, status.job_id)
+
+    return rescore
+
+
+def read_prompt_file(path: Path, variable: str, parse: Callable[[str], tuple[str, ...]]) -> tuple[str, ...]:
+    """A prompt file named by a setting, parsed.
+
+    Raises:
+        SettingsError: naming the variable, when the file is unreadable or its prompts are not valid.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc}") from exc
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise SettingsError(f"{variable}: {path}: {exc}") from exc
+
+
+def prompt_templates(settings: Settings) -> tuple[str, ...]:
+    """The zero-shot prompt templates: CLIPLABEL_TEMPLATES' file, or the defaults."""
+    if settings.templates_file is None:
+        return prompts.DEFAULT_TEMPLATES
+    return read_prompt_file(settings.templates_file, "CLIPLABEL_TEMPLATES", prompts.parse_templates)
+
+
 def detector_config(settings: Settings) -> DetectorConfig:
     """The box path's knobs from the settings (the rest keep the defaults measured in bench/bench_boxes.py)."""
-    background = (prompts.load_prompt_lines(settings.background_prompts_file, "CLIPLABEL_BACKGROUND_PROMPTS")
+    background = (read_prompt_file(settings.background_prompts_file, "CLIPLABEL_BACKGROUND_PROMPTS",
+                                   prompts.parse_prompt_lines)
                   if settings.background_prompts_file else DEFAULT_BACKGROUND_PROMPTS)
     return DetectorConfig(
         proposals=ProposalParams(selective_search=settings.selective_search, proposal_side=settings.proposal_side),
@@ -178,10 +242,9 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
     store.ping()
     metrics = Metrics()
     pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="cliplabel-io")
-    device_decode = settings.decode == "device" or (
-        settings.decode == "auto" and str(getattr(encoder, "device", "cpu")).startswith("cuda"))
+    device_decode = settings.decode == "device" or (settings.decode == "auto" and encoder.device.startswith("cuda"))
     embeddings = EmbeddingService(encoder, store, settings.batch_size, settings.max_image_pixels, pool, metrics,
-                                  resize_mode=getattr(encoder, "resize_mode", "shortest"), device_decode=device_decode)
+                                  device_decode=device_decode)
     fetcher = ImageFetcher(settings.max_image_bytes, settings.fetch_timeout_s, settings.local_files_root,
                            pool_size=settings.fetch_workers)
     defaults = LabelStudioDefaults(
@@ -189,22 +252,32 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         api_key=settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None,
         allowed_hosts=settings.allowed_hosts,
         local_files_root=str(settings.local_files_root) if settings.local_files_root else None)
-    fetch_pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="cliplabel-fetch")
-    predictor = Predictor(embeddings, fetcher, pool, prompts.load_templates(settings.templates_file), defaults, metrics,
-                          detector_config(settings), fetch_pool=fetch_pool)
-    slug = getattr(encoder, "slug", "clip")
-    feedback = FeedbackService(store, predictor, metrics, settings.retrain_every, slug)
-    bulk = BulkJobs(store, predictor, slug, feedback.heads_for)
-    trigger: Trigger | None = None
+    connections = LabelStudioConnections(defaults, fetcher)
+    templates = prompt_templates(settings)
+    class_vectors = ClassVectors(embeddings, templates)
+    detector = BoxDetector(embeddings, store, pool, class_vectors, detector_config(settings))
+    predictor = Predictor(embeddings, connections, fetcher, class_vectors, detector, ReferenceIndex(store, embeddings),
+                          pool, metrics, fetch_workers=settings.fetch_workers)
+    slug = encoder.slug
+    heads = HeadStore(store)
+    clients = ProjectClients(store.get_project, connections.client)
+    bulk = BulkJobs(store, predictor, clients, encoder.encoder_id, slug, heads.heads_for)
     dispatcher: Dispatcher | None = None
     if settings.redis_url:
         # Workers dispatch too: a retrain in a worker starts its re-score on the bulk queue.
         dispatcher = RqBulk(settings.redis_url, settings.redis_prefix)
-        trigger = None if worker else RqTrigger(settings.redis_url, settings.redis_prefix)
     elif not worker:
-        trigger, dispatcher = BackgroundThread(feedback), BulkThread(bulk)
-    services = Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics,
-                        pool=pool, slug=slug, feedback=feedback, trigger=trigger, bulk=bulk, dispatcher=dispatcher)
-    if settings.rescore_after_train and dispatcher is not None:
-        feedback.on_new_version = services._rescore_after_train
-    return services
+        dispatcher = BulkThread(bulk)
+    on_new_version = (rescore_after_train(bulk, dispatcher, settings.batch_size * 2)
+                      if settings.rescore_after_train and dispatcher is not None else None)
+    examples = ExampleMaker(store, heads, embeddings, class_vectors, detector, connections.fetch_image,
+                            encoder.encoder_id, slug)
+    trainer = Trainer(store, heads, embeddings, class_vectors, detector, encoder, slug, metrics,
+                      settings.retrain_every, on_new_version)
+    feedback = FeedbackService(store, metrics, heads, examples, trainer, connections.client)
+    trigger: Trigger | None = None
+    if not worker:
+        trigger = RqTrigger(settings.redis_url, settings.redis_prefix) if settings.redis_url else BackgroundThread(feedback)
+    return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics,
+                    pool=pool, slug=slug, feedback=feedback, trigger=trigger, bulk=bulk, dispatcher=dispatcher,
+                    clients=clients)

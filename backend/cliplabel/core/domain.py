@@ -6,12 +6,15 @@ Nothing here knows Label Studio's JSON names, HTTP, Redis or torch.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
 
 ControlKind = Literal["choices", "rectanglelabels"]
+# How an encoder fits an image into its square input (open_clip's `resize_mode`).
+ResizeMode = Literal["shortest", "squash", "longest"]
 
 
 class Encoder(Protocol):
@@ -29,8 +32,33 @@ class Encoder(Protocol):
     def logit_scale(self) -> float:
         """The model's learned softmax temperature (CLIP's `logit_scale.exp()`)."""
 
+    @property
+    def slug(self) -> str:
+        """Readable name of the weights; model versions are named `<slug>-r<revision>`."""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, as torch names it (`cpu`, `cuda`, `cuda:1`)."""
+
+    @property
+    def resize_mode(self) -> ResizeMode:
+        """How images are fitted into the square input (the preprocessing the weights were trained with)."""
+
+    @property
+    def embed_dim(self) -> int:
+        """D, the length of every embedding."""
+
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
+
+    def encode_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """N JPEG files → (N, D) float32, L2-normalised, decoded and resized on the model's device.
+
+        Only for upright RGB or greyscale JPEGs within the pixel cap and models with the `shortest` resize mode.
+
+        Raises:
+            RuntimeError: a JPEG the device decoder cannot read (callers fall back to decoding on the CPU).
+        """
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """N strings → (N, D) float32, L2-normalised."""
@@ -180,7 +208,6 @@ class DrawnRegion:
     kind: Literal["rectangle", "keypoint"]
     box_pct: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
     point_pct: tuple[float, float] | None = None
-    original_wh: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -253,3 +280,57 @@ class FeedbackExample:
     def __post_init__(self) -> None:
         if self.embedding.ndim != 1:
             raise ValueError(f"expected a (D,) embedding, got shape {self.embedding.shape}")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A control's learned classifier, served in place of its zero-shot class vectors while its labels match.
+
+    `class_vecs`: (K, D) float32, L2-normalised, one row per label. `background_vecs`: (B, D) float32 learned from
+    rejected boxes (B may be 0). `logit_scale`: the softmax temperature. `alpha`: the weight of the labelled
+    examples' prototypes against the text vectors (0 = zero-shot).
+    """
+
+    from_name: str
+    labels: tuple[str, ...]
+    class_vecs: np.ndarray = field(repr=False)
+    background_vecs: np.ndarray = field(repr=False)
+    logit_scale: float
+    alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.class_vecs.shape[0] != len(self.labels):
+            raise ValueError(f"{len(self.labels)} labels but class vectors of shape {self.class_vecs.shape}")
+        if self.background_vecs.ndim != 2 or (len(self.background_vecs) and
+                                               self.background_vecs.shape[1] != self.class_vecs.shape[1]):
+            raise ValueError(f"background vectors of shape {self.background_vecs.shape} do not fit")
+        if not self.logit_scale > 0:
+            raise ValueError("logit_scale must be positive")
+
+
+@dataclass(frozen=True)
+class ProjectTask:
+    """One task of a Label Studio project, as bulk jobs and the quality report see it.
+
+    `data` is the task's data (image references) as Label Studio holds it; `annotations` counts every annotation,
+    skipped (cancelled) ones included, and `cancelled_annotations` the skipped ones.
+    """
+
+    task_id: int
+    data: dict[str, object] = field(repr=False)
+    annotations: int = 0
+    cancelled_annotations: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        """True once an annotator kept an annotation (a skipped task still wants a pre-label)."""
+        return self.annotations - self.cancelled_annotations > 0
+
+
+@dataclass(frozen=True)
+class StoredPrediction:
+    """A prediction Label Studio holds: its task, model version and (control, label, score) of each labelled result."""
+
+    task_id: int | None
+    model_version: str | None
+    labels: tuple[tuple[str, str, float | None], ...] = ()

@@ -62,6 +62,27 @@ class StoreUnavailableError(CliplabelError):
     status = 503
 
 
+class LabelStudioError(CliplabelError):
+    """Label Studio's API failed us: no answer, an HTTP error, or an answer we cannot read.
+
+    `upstream_status` is the HTTP status Label Studio answered (None when it did not answer, or answered something
+    unreadable): callers branch on it, never on the message. `status` stays what we answer our own client.
+    """
+
+    code = "label_studio_api_error"
+    status = 502
+
+    def __init__(self, detail: str, upstream_status: int | None = None) -> None:
+        super().__init__(detail)
+        self.upstream_status = upstream_status
+
+
+class LabelStudioAuthError(LabelStudioError):
+    """Label Studio refused our personal access token, or did not answer its refresh."""
+
+    code = "label_studio_auth_failed"
+
+
 
 class NotFoundError(CliplabelError):
     """The client asked for something that does not exist (a bulk job id)."""

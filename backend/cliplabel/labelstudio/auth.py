@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import requests
 
-from cliplabel.core.errors import ImageFetchError
+from cliplabel.core.errors import LabelStudioAuthError
 
 logger = logging.getLogger(__name__)
 _REFRESH_MARGIN_S = 30.0
@@ -57,7 +57,7 @@ class LabelStudioAuth:
         """The header value to send; refreshes a PAT's access token when needed.
 
         Raises:
-            ImageFetchError: the PAT refresh was refused or Label Studio did not answer.
+            LabelStudioAuthError: the PAT refresh was refused or Label Studio did not answer.
         """
         if not is_personal_access_token(self._token):
             return f"Token {self._token}"
@@ -72,12 +72,13 @@ class LabelStudioAuth:
             resp = self._session.post(f"{self.base_url}/api/token/refresh/", json={"refresh": self._token},
                                       timeout=self._timeout_s, allow_redirects=False)
         except requests.RequestException as exc:
-            raise ImageFetchError(f"Label Studio did not answer the token refresh: {type(exc).__name__}") from exc
+            raise LabelStudioAuthError(f"Label Studio did not answer the token refresh: {type(exc).__name__}") from exc
         if resp.status_code != 200:
-            raise ImageFetchError(f"Label Studio refused the personal access token (HTTP {resp.status_code})")
+            raise LabelStudioAuthError(f"Label Studio refused the personal access token (HTTP {resp.status_code})",
+                                       upstream_status=resp.status_code)
         try:
             access = resp.json()["access"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise ImageFetchError("Label Studio's token refresh answer has no access token") from exc
+            raise LabelStudioAuthError("Label Studio's token refresh answer has no access token") from exc
         logger.info("refreshed a Label Studio access token base_url=%s", self.base_url)
         return _Cached(header=f"Bearer {access}", expires_at=now + 300.0 - _REFRESH_MARGIN_S)

@@ -1,22 +1,23 @@
-"""A small Label Studio API client for bulk jobs: a project's config, its tasks, its predictions, new predictions."""
+"""A small Label Studio API client for bulk jobs and the quality report: a project's label config, its tasks, its
+predictions, new predictions. Answers come back as domain values (`cliplabel.labelstudio.format` reads the JSON);
+errors are `LabelStudioError`s whose `upstream_status` says what Label Studio answered."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import requests
 
-from cliplabel.core.errors import CliplabelError
+from cliplabel.core.domain import ProjectState, ProjectTask, StoredPrediction, TaskPrediction
+from cliplabel.core.errors import InvalidRequestError, LabelStudioError
+from cliplabel.labelstudio import format as ls_format
 from cliplabel.labelstudio.auth import LabelStudioAuth
 
 PAGE_SIZE = 100
-
-
-class LabelStudioAPIError(CliplabelError):
-    code = "label_studio_api_error"
-    status = 502
+# Label Studio before 1.14 lacks the bulk import endpoint: it answers one of these, and we store one by one.
+NO_BULK_IMPORT = (404, 405)
 
 
 class LabelStudioClient:
@@ -39,49 +40,54 @@ class LabelStudioClient:
             resp = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout_s,
                                         headers={"Authorization": self.auth.header()}, **kw)
         except requests.RequestException as exc:
-            raise LabelStudioAPIError(f"Label Studio did not answer {method} {path}: {type(exc).__name__}") from exc
+            raise LabelStudioError(f"Label Studio did not answer {method} {path}: {type(exc).__name__}") from exc
         if resp.status_code >= 400:
-            raise LabelStudioAPIError(f"Label Studio answered {resp.status_code} to {method} {path}")
+            raise LabelStudioError(f"Label Studio answered {resp.status_code} to {method} {path}",
+                                   upstream_status=resp.status_code)
         try:
             return resp.json() if resp.content else None
         except ValueError as exc:
-            raise LabelStudioAPIError(f"Label Studio's answer to {method} {path} is not JSON") from exc
+            raise LabelStudioError(f"Label Studio's answer to {method} {path} is not JSON") from exc
 
     def export(self, project_id: int) -> list[dict[str, Any]]:
         """Every task of a project with its annotations (Label Studio's JSON export)."""
         body = self._call("GET", f"/api/projects/{project_id}/export", params={"exportType": "JSON"})
         if not isinstance(body, list):
-            raise LabelStudioAPIError(f"the export of project {project_id} is not a list of tasks")
+            raise LabelStudioError(f"the export of project {project_id} is not a list of tasks")
         return [t for t in body if isinstance(t, dict)]
 
-    def project(self, project_id: int) -> dict[str, Any]:
-        return dict(self._call("GET", f"/api/projects/{project_id}"))
+    def label_config(self, project_id: int) -> str:
+        """The project's label config (XML; empty when it has none)."""
+        return ls_format.project_label_config(self._call("GET", f"/api/projects/{project_id}"))
 
-    def tasks(self, project_id: int) -> Iterator[dict[str, Any]]:
-        """Every task of a project, page by page."""
+    def tasks(self, project_id: int) -> Iterator[ProjectTask]:
+        """Every task of a project, page by page (entries without an integer id are skipped)."""
         page = 1
         while True:
             try:
                 body = self._call("GET", "/api/tasks", params={"project": project_id, "page": page,
                                                                "page_size": PAGE_SIZE})
-            except LabelStudioAPIError as exc:
-                if "404" in exc.detail and page > 1:  # past the last page
+            except LabelStudioError as exc:
+                if exc.upstream_status == 404 and page > 1:  # past the last page
                     return
                 raise
-            tasks = body.get("tasks", []) if isinstance(body, dict) else body
-            yield from tasks
-            if len(tasks) < PAGE_SIZE:
+            listed = ls_format.listed_tasks(body)
+            for raw in listed:
+                task = ls_format.project_task(raw)
+                if task is not None:
+                    yield task
+            if len(listed) < PAGE_SIZE:
                 return
             page += 1
 
-    def predictions(self, project_id: int) -> list[dict[str, Any]]:
+    def predictions(self, project_id: int) -> list[StoredPrediction]:
         """Every prediction of a project (all model versions)."""
-        body = self._call("GET", "/api/predictions", params={"project": project_id})
-        return [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+        return ls_format.stored_predictions(self._call("GET", "/api/predictions", params={"project": project_id}))
 
     def predicted_task_ids(self, project_id: int, model_version: str) -> set[int]:
         """Tasks that already hold a prediction of this model version (what a resumed job skips)."""
-        return {int(p["task"]) for p in self.predictions(project_id) if p.get("model_version") == model_version}
+        return {p.task_id for p in self.predictions(project_id)
+                if p.model_version == model_version and p.task_id is not None}
 
     def prediction_versions(self, project_id: int, task_ids: list[int]) -> dict[int, set[str]]:
         """The model versions of the predictions each of these tasks holds, in one request (a chunk checks what is
@@ -91,26 +97,44 @@ class LabelStudioClient:
         query = json.dumps({"selectedItems": {"all": False, "included": task_ids}})
         body = self._call("GET", "/api/tasks", params={"project": project_id, "fields": "all", "query": query,
                                                        "page_size": len(task_ids)})
-        tasks = body.get("tasks", []) if isinstance(body, dict) else body
-        out: dict[int, set[str]] = {}
-        for task in tasks if isinstance(tasks, list) else []:
-            if not isinstance(task, dict) or not isinstance(task.get("id"), int):
-                continue
-            versions = task.get("predictions_model_versions") or []
-            if isinstance(versions, str):
-                versions = versions.split(",")
-            out[task["id"]] = {str(v).strip() for v in versions if str(v).strip()}
-        return out
+        found = (ls_format.task_prediction_versions(t) for t in ls_format.listed_tasks(body))
+        return dict(f for f in found if f is not None)
 
-    def import_predictions(self, project_id: int, predictions: list[dict[str, Any]]) -> None:
-        """Stores many predictions in one request (each dict carries its `task`); one by one where Label Studio
-        lacks the bulk endpoint (before 1.14)."""
+    def import_predictions(self, project_id: int, predictions: Sequence[tuple[int, TaskPrediction]]) -> None:
+        """Stores many (task id, prediction) pairs in one request; one by one where Label Studio lacks the bulk
+        endpoint (before 1.14)."""
         if not predictions:
             return
+        payloads = [ls_format.prediction_import(task_id, pred) for task_id, pred in predictions]
         try:
-            self._call("POST", f"/api/projects/{project_id}/import/predictions", json=predictions)
-        except LabelStudioAPIError as exc:
-            if not any(f" {code} " in exc.detail for code in (404, 405)):
+            self._call("POST", f"/api/projects/{project_id}/import/predictions", json=payloads)
+        except LabelStudioError as exc:
+            if exc.upstream_status not in NO_BULK_IMPORT:
                 raise
-            for p in predictions:
-                self._call("POST", "/api/predictions", json=p)
+            for payload in payloads:
+                self._call("POST", "/api/predictions", json=payload)
+
+
+class ProjectClients:
+    """The API client of each project's Label Studio: the configured URL and key, else what the project's /setup sent.
+
+    Args:
+        projects: the stored state of a project id (None when it never called /setup).
+        connect: the client for a project's state, None when neither the settings nor the project give a URL and key.
+    """
+
+    def __init__(self, projects: Callable[[str], ProjectState | None],
+                 connect: Callable[[ProjectState | None], LabelStudioClient | None]) -> None:
+        self._projects = projects
+        self._connect = connect
+
+    def __call__(self, project_id: str) -> LabelStudioClient:
+        """Raises:
+            InvalidRequestError: neither is known (a 400 at once, rather than a failure in a worker later).
+        """
+        client = self._connect(self._projects(project_id))
+        if client is None:
+            raise InvalidRequestError(
+                f"bulk jobs on project {project_id} need Label Studio's API: set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY, or connect the project in Label Studio (its /setup sends both)")
+        return client

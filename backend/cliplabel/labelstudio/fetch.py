@@ -1,4 +1,5 @@
-"""Read image bytes from the sources `cliplabel.labelstudio.sources` allowed, with byte caps, timeouts and re-checked redirects."""
+"""Read image bytes from the sources `cliplabel.labelstudio.sources` allowed, with byte caps, timeouts and re-checked
+redirects."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from urllib.parse import unquote_to_bytes, urljoin
 import requests
 
 from cliplabel.core.errors import ImageFetchError, ImageNotAllowedError
+from cliplabel.labelstudio import format as ls_format
 from cliplabel.labelstudio.auth import LabelStudioAuth
-from cliplabel.labelstudio.sources import DataUriSource, HttpSource, ImageSource, LocalFileSource, SourceContext, check_http_url
+from cliplabel.labelstudio.sources import (
+    DataUriSource,
+    HttpSource,
+    ImageSource,
+    LocalFileSource,
+    SourceContext,
+    check_http_url,
+    resolve,
+)
 
 logger = logging.getLogger(__name__)
 MAX_REDIRECTS = 3
@@ -32,6 +42,16 @@ class ImageFetcher:
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    def fetch_task_image(self, task: object, task_id: int | None, key: str, ctx: SourceContext,
+                         auth: LabelStudioAuth | None) -> bytes:
+        """The bytes of the image a task's `data[key]` points at, under the source policy of `ctx`.
+
+        Raises:
+            TaskDataError: the task has no usable reference under `key`.
+            ImageFetchError: the reference is refused (`ImageNotAllowedError`), unreachable, too large or broken.
+        """
+        return self.fetch(resolve(ls_format.task_image_ref(task, key), ctx, task_id), ctx, auth)
 
     def fetch(self, source: ImageSource, ctx: SourceContext, auth: LabelStudioAuth | None) -> bytes:
         """The bytes of one image.

@@ -7,11 +7,21 @@ Converts tasks and `/setup` fields into domain values and predictions into Label
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
-from cliplabel.vision import regions
-from cliplabel.core.domain import AnnotatedRegion, AnnotationEvent, ChoicePrediction, DrawnRegion, RegionPrediction, TaskPrediction
+from cliplabel.core.domain import (
+    AnnotatedRegion,
+    AnnotationEvent,
+    ChoicePrediction,
+    DrawnRegion,
+    ProjectTask,
+    RegionPrediction,
+    StoredPrediction,
+    TaskPrediction,
+)
 from cliplabel.core.errors import InvalidRequestError, TaskDataError
+from cliplabel.vision import regions
 
 MAX_IMAGE_REF_CHARS = 64 * 1024 * 1024  # data: URIs can be long; the image byte cap applies after decoding
 
@@ -128,8 +138,6 @@ def drawn_regions(params: object) -> list[DrawnRegion]:
         from_name, to_name = item.get("from_name"), item.get("to_name")
         if not isinstance(from_name, str) or not isinstance(to_name, str):
             continue
-        ow, oh = _number(item.get("original_width")), _number(item.get("original_height"))
-        wh = (int(ow), int(oh)) if ow and oh and ow > 0 and oh > 0 else None
         x, y = _number(value.get("x")), _number(value.get("y"))
         if x is None or y is None:
             continue
@@ -137,14 +145,17 @@ def drawn_regions(params: object) -> list[DrawnRegion]:
             w, h = _number(value.get("width")), _number(value.get("height"))
             if w is None or h is None or w <= 0 or h <= 0:
                 continue
-            out.append(DrawnRegion(from_name, to_name, "rectangle", box_pct=(x, y, x + w, y + h), original_wh=wh))
+            out.append(DrawnRegion(from_name, to_name, "rectangle", box_pct=(x, y, x + w, y + h)))
         elif kind in ("keypointlabels", "keypoint"):
-            out.append(DrawnRegion(from_name, to_name, "keypoint", point_pct=(x, y), original_wh=wh))
+            out.append(DrawnRegion(from_name, to_name, "keypoint", point_pct=(x, y)))
     return out
 
 
-# The webhook actions feedback learning acts on; others (TASKS_CREATED, …) are acknowledged and ignored.
-LEARNED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING")
+# The webhook actions feedback learning acts on; others (TASKS_CREATED, …) are acknowledged and ignored. The two
+# named ones carry no single annotation; the others carry one (`webhook_annotation_event`).
+START_TRAINING = "START_TRAINING"
+ANNOTATIONS_DELETED = "ANNOTATIONS_DELETED"
+LEARNED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", ANNOTATIONS_DELETED, START_TRAINING)
 
 
 def annotated_regions(result: object) -> tuple[AnnotatedRegion, ...]:
@@ -210,3 +221,107 @@ def webhook_project(payload: dict[str, Any]) -> str:
     """The project id of a webhook payload (`project` is an object there, `{"id": …}`)."""
     project = payload.get("project")
     return project_id(project.get("id") if isinstance(project, dict) else project)
+
+
+def webhook_action(payload: dict[str, Any]) -> str:
+    """The `action` of a webhook payload, as text whatever was sent."""
+    return str(payload.get("action"))
+
+
+def webhook_annotation_event(payload: dict[str, Any]) -> AnnotationEvent:
+    """The annotation an `ANNOTATION_CREATED`/`_UPDATED` webhook carries, with its task and project.
+
+    Raises:
+        InvalidRequestError: no annotation id, or no project.
+    """
+    return annotation_event(payload.get("annotation"), payload.get("task"), payload.get("project"))
+
+
+def exported_events(tasks: Iterable[object], project: object) -> list[AnnotationEvent | InvalidRequestError]:
+    """Every annotation of Label Studio's JSON export (tasks with their `annotations`), in order, as an event; a
+    malformed one as the error that says why, so the others still count."""
+    out: list[AnnotationEvent | InvalidRequestError] = []
+    for task in tasks:
+        annotations = task.get("annotations") if isinstance(task, dict) else None
+        for annotation in annotations if isinstance(annotations, list) else []:
+            try:
+                out.append(annotation_event(annotation, task, project))
+            except InvalidRequestError as exc:
+                out.append(exc)
+    return out
+
+
+def event_task(event: AnnotationEvent) -> dict[str, Any]:
+    """The task an annotation event came with, in the form tasks have in `/predict` (for fetching its image)."""
+    return {"id": event.task_id, "data": event.task_data}
+
+
+# -- a project's tasks and predictions through Label Studio's API (bulk jobs, the quality report) -------------------
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def listed_tasks(body: object) -> list[object]:
+    """The tasks of one page of `GET /api/tasks` (an object with `tasks`, or a bare list from older versions)."""
+    tasks = body.get("tasks", []) if isinstance(body, dict) else body
+    return tasks if isinstance(tasks, list) else []
+
+
+def project_task(task: object) -> ProjectTask | None:
+    """A task of `GET /api/tasks` as a domain value; None when it has no integer id.
+
+    Label Studio counts annotations in `total_annotations` (skipped ones included, `cancelled_annotations` of
+    them); without the count, the listed `annotations` are counted instead.
+    """
+    tid = task_id(task)
+    if tid is None or not isinstance(task, dict):
+        return None
+    data = task.get("data")
+    total = task.get("total_annotations")
+    if isinstance(total, int) and not isinstance(total, bool):
+        annotations, cancelled = total, _count(task.get("cancelled_annotations"))
+    else:
+        listed = task.get("annotations")
+        annotations, cancelled = (len(listed) if isinstance(listed, list) else 0), 0
+    return ProjectTask(task_id=tid, data=dict(data) if isinstance(data, dict) else {}, annotations=annotations,
+                       cancelled_annotations=cancelled)
+
+
+def prediction_task(task: ProjectTask) -> dict[str, Any]:
+    """A project's task in the form `/predict` receives tasks (prediction reads its image reference from it)."""
+    return {"id": task.task_id, "data": dict(task.data)}
+
+
+def task_prediction_versions(task: object) -> tuple[int, set[str]] | None:
+    """(task id, model versions of the predictions it holds) of a task listed with `fields=all`; None without an id."""
+    tid = task_id(task)
+    if tid is None or not isinstance(task, dict):
+        return None
+    versions = task.get("predictions_model_versions") or []
+    if isinstance(versions, str):
+        versions = versions.split(",")
+    return tid, {str(v).strip() for v in versions if str(v).strip()} if isinstance(versions, list) else set()
+
+
+def stored_predictions(body: object) -> list[StoredPrediction]:
+    """The predictions of `GET /api/predictions` (any model version); entries that are not objects are skipped."""
+    out = []
+    for item in body if isinstance(body, list) else []:
+        if not isinstance(item, dict):
+            continue
+        task, version = item.get("task"), item.get("model_version")
+        out.append(StoredPrediction(task_id=task if isinstance(task, int) and not isinstance(task, bool) else None,
+                                    model_version=version if isinstance(version, str) else None,
+                                    labels=tuple(scored_labels(item.get("result")))))
+    return out
+
+
+def prediction_import(task_id: int, pred: TaskPrediction) -> dict[str, Any]:
+    """A prediction as Label Studio's import endpoints take it: the `/predict` entry plus its `task`."""
+    return {"task": task_id, **prediction_json(pred)}
+
+
+def project_label_config(project: object) -> str:
+    """The label config (XML) of `GET /api/projects/{id}`; empty when the project has none."""
+    value = project.get("label_config") if isinstance(project, dict) else None
+    return "" if value is None else str(value)

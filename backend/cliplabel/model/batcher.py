@@ -5,6 +5,9 @@ make sixteen forward passes of one image, and an annotator's single interactive 
 whole batch. Here every caller queues its images and waits; one thread drains the queue into batches of up to
 `max_batch` — images that arrived while the previous batch was encoding go together, without any added wait unless
 `wait_ms` asks for one — and takes small (interactive) requests before large (bulk) ones.
+
+Prepared uint8 images (`encode_images`) and JPEG files decoded on the device (`encode_jpegs`) share the queue and its
+priorities; a batch holds one kind only, since each kind is one call of the encoder.
 """
 
 from __future__ import annotations
@@ -12,27 +15,32 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cliplabel.core.domain import Encoder
+from cliplabel.core.domain import Encoder, ResizeMode
 
 logger = logging.getLogger(__name__)
 SMALL_REQUEST = 4  # images: at most this many is an interactive request, served first
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a queue removes the very request it finished
 class _Request:
-    images_u8: np.ndarray
+    items: np.ndarray | Sequence[bytes]  # (N, S, S, 3) uint8 images, or N JPEG files
     future: Future[np.ndarray] = field(default_factory=Future)
     done: int = 0  # rows already handed to a batch
     parts: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (start row, embeddings)
 
+    @property
+    def jpegs(self) -> bool:
+        return not isinstance(self.items, np.ndarray)
+
 
 class MicroBatcher:
-    """An `Encoder` that batches `encode_images` across threads; everything else passes through."""
+    """An `Encoder` that batches `encode_images` and `encode_jpegs` across threads; texts pass straight through."""
 
     def __init__(self, encoder: Encoder, max_batch: int, wait_ms: float = 0.0) -> None:
         self.encoder = encoder
@@ -59,20 +67,43 @@ class MicroBatcher:
     def logit_scale(self) -> float:
         return self.encoder.logit_scale
 
-    def __getattr__(self, name: str) -> object:  # slug, resize_mode, device, embed_dim of the real encoder
-        return getattr(self.encoder, name)
+    @property
+    def slug(self) -> str:
+        return self.encoder.slug
+
+    @property
+    def device(self) -> str:
+        return self.encoder.device
+
+    @property
+    def resize_mode(self) -> ResizeMode:
+        return self.encoder.resize_mode
+
+    @property
+    def embed_dim(self) -> int:
+        return self.encoder.embed_dim
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
+        # Prompts are encoded once per label set and cached: no queue to jump.
         return self.encoder.encode_texts(texts)
 
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
         if len(images_u8) == 0:
             return self.encoder.encode_images(images_u8)
-        request = _Request(images_u8)
+        return self._submit(_Request(images_u8))
+
+    def encode_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Like the encoder's; a JPEG the device refuses fails every request of its batch with the RuntimeError,
+        and each caller falls back to the CPU path as it would alone."""
+        if len(blobs) == 0:
+            return self.encoder.encode_jpegs(blobs)
+        return self._submit(_Request(list(blobs)))
+
+    def _submit(self, request: _Request) -> np.ndarray:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the encoder is closed")
-            (self._small if len(images_u8) <= SMALL_REQUEST else self._large).append(request)
+            (self._small if len(request.items) <= SMALL_REQUEST else self._large).append(request)
             self._cond.notify()
         return request.future.result()
 
@@ -84,18 +115,24 @@ class MicroBatcher:
 
     # -- the encoder thread ----------------------------------------------------------------------------------------
     def _take(self) -> list[tuple[_Request, int, int]]:
-        """(request, first row, row count) slices filling one batch: small requests first, then in arrival order."""
+        """(request, first row, row count) slices filling one batch: small requests first, then in arrival order.
+
+        The first request waiting sets the batch's kind (images or JPEGs); requests of the other kind keep their
+        place and start the next batch.
+        """
         batch: list[tuple[_Request, int, int]] = []
         room = self.max_batch
+        first = self._small[0] if self._small else self._large[0]
         for queue in (self._small, self._large):
-            while queue and room > 0:
-                req = queue[0]
-                n = min(room, len(req.images_u8) - req.done)
+            for req in [r for r in queue if r.jpegs == first.jpegs]:
+                if room == 0:
+                    break
+                n = min(room, len(req.items) - req.done)
                 batch.append((req, req.done, n))
                 req.done += n
                 room -= n
-                if req.done == len(req.images_u8):
-                    queue.popleft()
+                if req.done == len(req.items):
+                    queue.remove(req)
         return batch
 
     def _run(self) -> None:
@@ -105,7 +142,7 @@ class MicroBatcher:
                     self._cond.wait()
                 if self._closed and not (self._small or self._large):
                     return
-                if self.wait_s and sum(len(r.images_u8) - r.done for r in (*self._small, *self._large)) \
+                if self.wait_s and sum(len(r.items) - r.done for r in (*self._small, *self._large)) \
                         < self.max_batch:
                     self._cond.wait(self.wait_s)  # a moment for more requests to join this batch
                 batch = self._take()
@@ -113,8 +150,10 @@ class MicroBatcher:
 
     def _encode(self, batch: list[tuple[_Request, int, int]]) -> None:
         try:
-            arrays = np.concatenate([req.images_u8[start:start + n] for req, start, n in batch])
-            emb = self.encoder.encode_images(arrays)
+            if batch[0][0].jpegs:
+                emb = self.encoder.encode_jpegs([blob for req, start, n in batch for blob in req.items[start:start + n]])
+            else:
+                emb = self.encoder.encode_images(np.concatenate([req.items[start:start + n] for req, start, n in batch]))
             self.batches += 1
         except BaseException as exc:  # noqa: BLE001 - the callers get the error, the thread keeps serving
             for req, _, _ in batch:
@@ -128,5 +167,5 @@ class MicroBatcher:
                 continue
             req.parts.append((start, emb[offset:offset + n]))
             offset += n
-            if sum(len(p) for _, p in req.parts) == len(req.images_u8):
+            if sum(len(p) for _, p in req.parts) == len(req.items):
                 req.future.set_result(np.concatenate([p for _, p in sorted(req.parts, key=lambda x: x[0])]))

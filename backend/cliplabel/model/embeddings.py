@@ -6,21 +6,25 @@ import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from cliplabel.vision import images
-from cliplabel.vision import prompts
 from cliplabel.core.domain import Encoder, PromptEnsemble
 from cliplabel.core.errors import ImageFetchError
+from cliplabel.core.lru import LruCache
 from cliplabel.core.metrics import Metrics
 from cliplabel.store import Store
+from cliplabel.vision import images, prompts
 
 logger = logging.getLogger(__name__)
 IMAGE_NS = "image"
 TEXT_NS = "text"
 CROP_NS = "crop"
+# In-memory copies in front of the store (which keeps every vector): prompt vectors, about 2–5 KB each (up to 40 MB
+# at D = 1280), and the (K, D) vectors of a label set's ensembles, a few per control of each active project.
+MAX_MEMO_TEXTS = 8192
+MAX_MEMO_ENSEMBLES = 256
 
 
 def content_hash(data: bytes) -> str:
@@ -36,28 +40,45 @@ class EmbeddingService:
     """Encodes images and texts through the store's cache, in full batches."""
 
     def __init__(self, encoder: Encoder, store: Store, batch_size: int, max_pixels: int, pool: ThreadPoolExecutor,
-                 metrics: Metrics, resize_mode: images.ResizeMode = "shortest", device_decode: bool = False) -> None:
+                 metrics: Metrics, device_decode: bool = False) -> None:
         self.encoder = encoder
         self.store = store
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.pool = pool
         self.metrics = metrics
-        self.resize_mode = resize_mode
+        self.resize_mode = encoder.resize_mode
         # JPEGs decoded and resized by the encoder on its device (nvjpeg on CUDA): past a few thousand images/s the
-        # CPU cannot decode as fast as a GPU encodes. Anything else takes the PIL path.
-        self.device_decode = device_decode and resize_mode == "shortest" and hasattr(encoder, "encode_jpegs")
+        # CPU cannot decode as fast as a GPU encodes. Anything else takes the PIL path, as do models whose resize
+        # mode the device path does not implement.
+        self.device_decode = device_decode and self.resize_mode == "shortest"
         # Prompt vectors never change for a given encoder, so a process-local copy cannot go stale.
-        self._text_memo: dict[str, np.ndarray] = {}
-        self._text_lock = threading.Lock()
-        self._ensembles: dict[str, np.ndarray] = {}
-        self._ensemble_locks: dict[str, threading.Lock] = {}
+        self._text_memo: LruCache[str, np.ndarray] = LruCache(MAX_MEMO_TEXTS)
+        self._ensembles: LruCache[str, np.ndarray] = LruCache(MAX_MEMO_ENSEMBLES)
+        # Evicting a lock in use only lets a second caller compute the same vectors once more.
+        self._ensemble_locks: LruCache[str, threading.Lock] = LruCache(MAX_MEMO_ENSEMBLES)
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.encoder_id
+
+    @property
+    def image_size(self) -> int:
+        """Side of the encoder's square input, in pixels (crops are made at this size)."""
+        return self.encoder.image_size
+
+    @property
+    def logit_scale(self) -> float:
+        return self.encoder.logit_scale
 
     def texts(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """text → (D,) float32 L2-normalised, encoding only what neither memory nor the store holds."""
         wanted = list(dict.fromkeys(texts))
-        with self._text_lock:
-            out = {t: self._text_memo[t] for t in wanted if t in self._text_memo}
+        out: dict[str, np.ndarray] = {}
+        for t in wanted:
+            memo = self._text_memo.get(t)
+            if memo is not None:
+                out[t] = memo
         missing = [t for t in wanted if t not in out]
         if missing:
             cached = self.store.get_vectors(TEXT_NS, self.encoder.encoder_id, [_text_key(t) for t in missing])
@@ -69,8 +90,8 @@ class EmbeddingService:
                 self.store.put_vectors(TEXT_NS, self.encoder.encoder_id,
                                        {_text_key(t): v for t, v in zip(to_encode, vecs)})
                 out.update(zip(to_encode, vecs))
-            with self._text_lock:
-                self._text_memo.update({t: out[t] for t in missing})
+            for t in missing:
+                self._text_memo.put(t, out[t])
         return out
 
     def ensemble_vectors(self, ensembles: Sequence[PromptEnsemble]) -> np.ndarray:
@@ -80,13 +101,12 @@ class EmbeddingService:
         instead of each encoding the same prompts.
         """
         key = hashlib.sha256(repr([(e.prompts, e.weights) for e in ensembles]).encode()).hexdigest()
-        with self._text_lock:
-            key_lock = self._ensemble_locks.setdefault(key, threading.Lock())
-        with key_lock:
+        with self._ensemble_locks.get_or_put(key, threading.Lock):
             cached = self._ensembles.get(key)
             if cached is None:
                 emb = self.texts([p for e in ensembles for p in e.prompts])
-                cached = self._ensembles[key] = prompts.class_vectors(ensembles, emb)
+                cached = prompts.class_vectors(ensembles, emb)
+                self._ensembles.put(key, cached)
             return cached
 
     def images(self, blobs: Sequence[bytes]) -> list[np.ndarray | ImageFetchError]:
@@ -121,7 +141,7 @@ class EmbeddingService:
         for i in range(0, len(hashes), self.batch_size):
             chunk = hashes[i:i + self.batch_size]
             try:
-                vecs = self.encoder.encode_jpegs([blob_of[h] for h in chunk])  # type: ignore[attr-defined]
+                vecs = self.encoder.encode_jpegs([blob_of[h] for h in chunk])
             except RuntimeError as exc:  # a JPEG the device decoder rejects: these go through PIL, one by one
                 logger.info("device decode failed for %d images (%s); decoding them on the CPU", len(chunk), exc)
                 continue
@@ -158,11 +178,11 @@ class EmbeddingService:
             return np.stack([make[k]() for k in chunk])
 
         # Pipelined: while the encoder works on one batch (torch releases the GIL), the next batch's crops are made.
-        pending = self.pool.submit(make_chunk, chunks[0]) if chunks else None
+        pending: list[Future[np.ndarray]] = [self.pool.submit(make_chunk, chunks[0])] if chunks else []
         for i, chunk in enumerate(chunks):
-            assert pending is not None
-            arrays = pending.result()
-            pending = self.pool.submit(make_chunk, chunks[i + 1]) if i + 1 < len(chunks) else None
+            arrays = pending.pop().result()
+            if i + 1 < len(chunks):
+                pending.append(self.pool.submit(make_chunk, chunks[i + 1]))
             vecs = self.encoder.encode_images(arrays)
             self.metrics.inc("crops_encoded", len(chunk))
             self.store.put_vectors(CROP_NS, self.encoder.encoder_id, dict(zip(chunk, vecs)))

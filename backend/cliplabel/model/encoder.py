@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import open_clip
@@ -22,10 +22,13 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
+from cliplabel.core.domain import ResizeMode
 from cliplabel.core.errors import SettingsError
 
 logger = logging.getLogger(__name__)
 _TEXT_BATCH = 256
+# CLIP's `logit_scale` is clamped to ln(100) in training: the temperature of models that do not learn one.
+_DEFAULT_LOGIT_SCALE = 100.0
 
 
 def resolve_device(requested: str) -> str:
@@ -62,26 +65,41 @@ def _weights_identity(model_name: str, pretrained: str | None) -> tuple[str, str
     return (f"{slug}-{pretrained}" if pretrained else slug), f"{model_name}|{pretrained}"
 
 
+def _learned_temperature(model: Any) -> float:
+    """exp(logit_scale) of an open_clip model. The probe is on open_clip's object, not one of ours: a model built
+    without a learned temperature has no `logit_scale` parameter."""
+    if hasattr(model, "logit_scale"):
+        return float(model.logit_scale.exp().item())
+    return _DEFAULT_LOGIT_SCALE
+
+
 class ClipEncoder:
-    """An open_clip model in eval mode on one device; encoding calls are serialised by a lock."""
+    """An open_clip model in eval mode on one device; encoding calls are serialised by a lock.
+
+    Implements `cliplabel.core.domain.Encoder`.
+    """
 
     def __init__(self, model: Any, tokenizer: Any, device: str, encoder_id: str, slug: str,
-                 image_size: int, mean: tuple[float, ...], std: tuple[float, ...], resize_mode: str) -> None:
+                 image_size: int, mean: tuple[float, ...], std: tuple[float, ...], resize_mode: ResizeMode,
+                 input_dtype: torch.dtype = torch.float32) -> None:
         # `model` is an open_clip CLIP (typed Any: nn.Module's __getattr__ hides its methods from mypy).
         self._model = model
         self._tokenizer = tokenizer
         self._device = torch.device(device)
-        self._dtype = next(model.parameters()).dtype
+        # The image tower's input dtype is the precision the weights were loaded in. No parameter says it: open_clip's
+        # fp16 keeps norms and embeddings (the model's first parameter among them) in fp32.
+        self._dtype = input_dtype
         self._lock = threading.Lock()
         self._mean = torch.tensor(mean, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(std, device=self._device).view(1, 3, 1, 1)
         self._encoder_id = encoder_id
-        self.slug = slug
+        self._slug = slug
         self._image_size = image_size
-        self.resize_mode = resize_mode
-        self._logit_scale = float(model.logit_scale.exp().item()) if hasattr(model, "logit_scale") else 100.0
+        self._resize_mode: ResizeMode = resize_mode
+        self._logit_scale = _learned_temperature(model)
         self._channels_last = device == "cpu"
-        self.embed_dim = int(self.encode_texts(["a photo."]).shape[1])
+        # D measured by one forward pass, whatever the tower type.
+        self._embed_dim = int(self._encode_text_batch(["a photo."]).shape[1])
 
     @property
     def encoder_id(self) -> str:
@@ -98,6 +116,18 @@ class ClipEncoder:
     @property
     def device(self) -> str:
         return str(self._device)
+
+    @property
+    def slug(self) -> str:
+        return self._slug
+
+    @property
+    def resize_mode(self) -> ResizeMode:
+        return self._resize_mode
+
+    @property
+    def embed_dim(self) -> int:
+        return self._embed_dim
 
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
@@ -147,12 +177,23 @@ class ClipEncoder:
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """N strings → (N, D) float32, L2-normalised."""
-        out = []
-        for i in range(0, len(texts), _TEXT_BATCH):
-            tokens = self._tokenizer(texts[i:i + _TEXT_BATCH]).to(self._device)
-            with self._lock, torch.inference_mode():
-                out.append(self._model.encode_text(tokens, normalize=True).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, getattr(self, "embed_dim", 0)), np.float32)
+        if not texts:
+            return np.zeros((0, self._embed_dim), np.float32)
+        return np.concatenate([self._encode_text_batch(texts[i:i + _TEXT_BATCH])
+                               for i in range(0, len(texts), _TEXT_BATCH)])
+
+    def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        tokens = self._tokenizer(texts).to(self._device)
+        with self._lock, torch.inference_mode():
+            return self._model.encode_text(tokens, normalize=True).float().cpu().numpy()
+
+
+def _resize_mode(model_name: str, value: object) -> ResizeMode:
+    for mode in get_args(ResizeMode):
+        if value == mode:
+            return mode
+    raise SettingsError(f"CLIP model {model_name!r} asks for resize_mode={value!r}; cliplabel knows "
+                        f"{', '.join(get_args(ResizeMode))}")
 
 
 def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
@@ -167,10 +208,11 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
         torch.set_num_threads(torch_threads)
     dev = resolve_device(device)
     schema_name = model_name.startswith(("local-dir:", "hf-hub:"))
+    half = dev == "cuda"
     try:
         slug, identity = _weights_identity(model_name, None if schema_name else pretrained)
         model = open_clip.create_model(model_name, pretrained=None if schema_name else pretrained, device=dev,
-                                       precision="fp16" if dev == "cuda" else "fp32")
+                                       precision="fp16" if half else "fp32")
         tokenizer = open_clip.get_tokenizer(model_name)
     except (RuntimeError, ValueError, FileNotFoundError, OSError, KeyError) as exc:
         raise SettingsError(f"could not load CLIP model {model_name!r} (pretrained={pretrained!r}): {exc}") from exc
@@ -181,13 +223,14 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", 224)
     image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
-    resize_mode = str(cfg.get("resize_mode", "shortest"))
+    resize_mode = _resize_mode(model_name, cfg.get("resize_mode", "shortest"))
     mean = tuple(float(v) for v in cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(float(v) for v in cfg.get("std", open_clip.OPENAI_DATASET_STD))
     preprocess_identity = json.dumps([image_size, resize_mode, mean, std])
     encoder_id = hashlib.sha256(f"{identity}|{preprocess_identity}".encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", slug)[:48]
-    enc = ClipEncoder(model, tokenizer, dev, encoder_id, slug, image_size, mean, std, resize_mode)
+    enc = ClipEncoder(model, tokenizer, dev, encoder_id, slug, image_size, mean, std, resize_mode,
+                      torch.float16 if half else torch.float32)
     logger.info("loaded model=%s device=%s encoder_id=%s image_size=%d in %.2fs", model_name, dev, encoder_id,
                 image_size, time.perf_counter() - started)
     return enc

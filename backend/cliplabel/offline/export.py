@@ -113,18 +113,6 @@ def write_coco(items: Sequence[LabelledImage], classes: Sequence[str], out_json:
     return {"images": len(images), "annotations": len(annotations)}
 
 
-def read_coco(path: Path) -> list[LabelledImage]:
-    """COCO JSON back into records (the round trip of `write_coco`)."""
-    data = json.loads(path.read_text())
-    names = {c["id"]: c["name"] for c in data["categories"]}
-    boxes: dict[int, list[Box]] = defaultdict(list)
-    for a in data["annotations"]:
-        x, y, w, h = a["bbox"]
-        boxes[a["image_id"]].append(Box(names[a["category_id"]], float(a.get("score", 1.0)), (x, y, x + w, y + h)))
-    return [LabelledImage(Path(im["file_name"]), (im["width"], im["height"]), boxes=tuple(boxes[im["id"]]))
-            for im in data["images"]]
-
-
 def write_folders(items: Sequence[LabelledImage], out: Path, threshold: float) -> dict[str, int]:
     """Class folders for classification; images under `threshold` go to `_review/` and are listed in review.txt."""
     counts: dict[str, int] = defaultdict(int)

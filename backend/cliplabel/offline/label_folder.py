@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cliplabel.vision import classify
 from cliplabel.core.domain import Control, LabelClass
 from cliplabel.core.errors import CliplabelError
 from cliplabel.offline.export import Box, LabelledImage
 from cliplabel.services.predict import Predictor
+from cliplabel.vision import classify
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -51,8 +51,10 @@ def label_images(predictor: Predictor, paths: Sequence[Path], classes: Sequence[
                 items.append(predictor.decode_full(blob))
                 blobs.append(blob)
                 kept.append(path)
-            except (OSError, CliplabelError) as exc:
-                logger.warning("skipped %s: %s", path, getattr(exc, "detail", type(exc).__name__))
+            except OSError as exc:
+                logger.warning("skipped %s: %s", path, type(exc).__name__)
+            except CliplabelError as exc:
+                logger.warning("skipped %s: %s", path, exc.detail)
         embs = predictor.embeddings.images(blobs)
         found: list[list] = predictor.detector.detect(items, rect) if rect is not None and items else [[]] * len(items)
         for path, item, emb, regs in zip(kept, items, embs, found):

@@ -14,14 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from cliplabel.vision import boxes
-from cliplabel.vision import images
-from cliplabel.vision import prompts
-from cliplabel.vision import proposals
-from cliplabel.vision import regions
-from cliplabel.core.domain import Control, PromptEnsemble, RegionPrediction
-from cliplabel.model.embeddings import EmbeddingService
-from cliplabel.vision.train import Head
+from cliplabel.core.domain import Control, Head, PromptEnsemble, RegionPrediction
+from cliplabel.model.embeddings import EmbeddingService, content_hash
+from cliplabel.services.class_vectors import ClassVectors
+from cliplabel.store import Store
+from cliplabel.vision import boxes, images, prompts, proposals, regions
 
 DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
     "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
@@ -49,21 +46,23 @@ class BoxImage:
 
     def __init__(self, content_hash: str, image: Image.Image | None = None, *, wh: tuple[int, int] | None = None,
                  load: Callable[[], Image.Image] | None = None) -> None:
-        if image is None and (wh is None or load is None):
-            raise ValueError("a BoxImage needs its image, or its size and a way to load it")
         self.content_hash = content_hash
-        self.wh: tuple[int, int] = image.size if image is not None else wh  # type: ignore[assignment]
-        self._image = image
-        self._load = load
+        self.wh: tuple[int, int]
+        self._source: Image.Image | Callable[[], Image.Image]
+        if image is not None:
+            self.wh, self._source = image.size, image
+        elif wh is not None and load is not None:
+            self.wh, self._source = wh, load
+        else:
+            raise ValueError("a BoxImage needs its image, or its size and a way to load it")
         self._lock = threading.Lock()
 
     @property
     def image(self) -> Image.Image:
         with self._lock:
-            if self._image is None:
-                assert self._load is not None
-                self._image = self._load()
-            return self._image
+            if not isinstance(self._source, Image.Image):
+                self._source = self._source()  # loaded once, by the first crop a cache miss needs
+            return self._source
 
 
 def _box_key(prefix: str, box: np.ndarray) -> str:
@@ -71,9 +70,12 @@ def _box_key(prefix: str, box: np.ndarray) -> str:
 
 
 class BoxDetector:
-    def __init__(self, embeddings: EmbeddingService, pool: ThreadPoolExecutor,
-                 class_vectors: Callable[[Control], np.ndarray], config: DetectorConfig) -> None:
+    """Boxes of `<RectangleLabels>` controls. Proposals are cached in the store, crop embeddings by `embeddings`."""
+
+    def __init__(self, embeddings: EmbeddingService, store: Store, pool: ThreadPoolExecutor,
+                 class_vectors: ClassVectors, config: DetectorConfig) -> None:
         self.embeddings = embeddings
+        self.store = store
         self.pool = pool
         self.class_vectors = class_vectors
         self.config = config
@@ -82,7 +84,15 @@ class BoxDetector:
 
     @property
     def _size(self) -> int:
-        return self.embeddings.encoder.image_size
+        return self.embeddings.image_size
+
+    def load_image(self, blob: bytes) -> BoxImage:
+        """The full-resolution upright image of the box path.
+
+        Raises:
+            ImageFetchError: not an image we can decode, or more pixels than the embeddings' cap.
+        """
+        return BoxImage(content_hash=content_hash(blob), image=images.decode(blob, self.embeddings.max_pixels).image)
 
     def background_vectors(self, control: Control) -> np.ndarray:
         """(1 + K, D): the generic background ensemble, then one "part of a <class>" ensemble per class."""
@@ -96,10 +106,10 @@ class BoxDetector:
         """(class vectors, background vectors, logit scale): zero-shot, or a learned head's with the background it
         learned from rejected boxes appended after the prompt-based ones."""
         bg = self.background_vectors(control)
-        if head is not None and head.labels == control.values:
-            extra = head.background_vecs
-            return head.class_vecs, (np.concatenate([bg, extra]) if len(extra) else bg), head.logit_scale
-        return self.class_vectors(control), bg, self.embeddings.encoder.logit_scale
+        class_vecs, scale = self.class_vectors.for_control(control, head)
+        if head is not None and head.labels == control.values and len(head.background_vecs):
+            bg = np.concatenate([bg, head.background_vecs])
+        return class_vecs, bg, scale
 
     def embed_boxes(self, item: BoxImage, boxes_xyxy: np.ndarray) -> list[np.ndarray]:
         """Embeddings of boxes' square crops, under the same cache keys the detector uses."""
@@ -128,7 +138,7 @@ class BoxDetector:
                                   np.zeros(0, np.int64)))
                 continue
             cp, bg = boxes.class_and_background_probs(emb, class_vecs, bg_vecs, scale)
-            cand = self._candidates(cp, bg, control)
+            cand = boxes.confident(cp, bg, control.score_threshold, cfg.boxes)
             per_image.append((p, cp, bg, cand))
             if cfg.context_factor is not None:
                 for i in cand:
@@ -154,23 +164,18 @@ class BoxDetector:
         Cached boxes are float32, and fresh ones are rounded the same way, so a re-score finds the same crop keys.
         """
         hashes = [it.content_hash for it in items]
-        cached = self.embeddings.store.get_vectors(PROPOSALS_NS, self._proposal_id, hashes)
+        cached = self.store.get_vectors(PROPOSALS_NS, self._proposal_id, hashes)
         missing = [i for i, c in enumerate(cached) if c is None]
         cfg = self.config
         fresh = list(self.pool.map(lambda i: boxes.select_proposals(
             proposals.propose(items[i].image, cfg.proposals), items[i].wh, cfg.boxes).astype(np.float32), missing))
         if missing:
-            self.embeddings.store.put_vectors(PROPOSALS_NS, self._proposal_id,
-                                              {hashes[i]: p.reshape(-1) for i, p in zip(missing, fresh)})
+            self.store.put_vectors(PROPOSALS_NS, self._proposal_id,
+                                   {hashes[i]: p.reshape(-1) for i, p in zip(missing, fresh)})
         out = [c.reshape(-1, 4) if c is not None else None for c in cached]
         for i, p in zip(missing, fresh):
             out[i] = p
         return [p.astype(np.float64) for p in out if p is not None]
-
-    def _candidates(self, class_probs: np.ndarray, bg: np.ndarray, control: Control) -> np.ndarray:
-        scores = class_probs.max(axis=1)
-        thr = self.config.boxes.default_threshold if control.score_threshold is None else control.score_threshold
-        return np.flatnonzero((scores > bg) & (scores >= thr))
 
     def _object_continues(self, ctx_emb: np.ndarray, labels: np.ndarray, class_vecs: np.ndarray,
                           bg_vecs: np.ndarray) -> np.ndarray:

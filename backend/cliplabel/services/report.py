@@ -1,7 +1,7 @@
 """The quality report of a project: what we predict, how sure we are, how often annotators accept it, how it learns.
 
-Pure: built from Label Studio's tasks and predictions and from the store's feedback and versions; `cliplabel.offline.plots`
-draws it, `markdown` writes it.
+Pure: built from a project's tasks and predictions (as `cliplabel.labelstudio` reads them from Label Studio) and from
+the store's feedback and versions; `cliplabel.offline.plots` draws it, `markdown` writes it.
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from cliplabel.labelstudio import format as ls_format
-from cliplabel.core.domain import FeedbackExample, ModelVersion
+from cliplabel.core.domain import FeedbackExample, ModelVersion, ProjectTask, StoredPrediction
 
 ACCEPTANCE_WINDOW = 20  # annotations per point of the acceptance curve
 
@@ -53,11 +51,13 @@ class QualityReport:
     rejected_boxes: int
 
 
-def build_report(project_id: str, model_version: str, tasks: Sequence[dict[str, Any]],
-                 predictions: Iterable[dict[str, Any]], versions: Sequence[ModelVersion],
+def build_report(project_id: str, model_version: str, tasks: Sequence[ProjectTask],
+                 predictions: Iterable[StoredPrediction], versions: Sequence[ModelVersion],
                  feedback: Sequence[FeedbackExample], classes: Sequence[tuple[str, str]]) -> QualityReport:
-    """Args:
-        tasks: the project's tasks (Label Studio's task list, with annotation counts).
+    """The quality report of a project as served by `model_version`.
+
+    Args:
+        tasks: the project's tasks, with their annotation counts.
         predictions: the project's predictions (any version; only `model_version`'s count).
         classes: (control, label) of every class in the label config, in config order.
     """
@@ -65,10 +65,10 @@ def build_report(project_id: str, model_version: str, tasks: Sequence[dict[str, 
     predicted_labels: dict[tuple[str, str], int] = defaultdict(int)
     predicted_tasks = set()
     for pred in predictions:
-        if pred.get("model_version") != model_version:
+        if pred.model_version != model_version:
             continue
-        predicted_tasks.add(pred.get("task"))
-        for control, label, score in ls_format.scored_labels(pred.get("result")):
+        predicted_tasks.add(pred.task_id)
+        for control, label, score in pred.labels:
             predicted_labels[(control, label)] += 1
             if score is not None:
                 scores[(control, label)].append(score)
@@ -83,7 +83,7 @@ def build_report(project_id: str, model_version: str, tasks: Sequence[dict[str, 
                              annotated=annotated[(c, lab)], confirmed=confirmed[(c, lab)],
                              acceptance_rate=confirmed[(c, lab)] / annotated[(c, lab)] if annotated[(c, lab)] else None)
                   for c, lab in classes)
-    annotated_tasks = sum(1 for t in tasks if int(t.get("total_annotations") or 0) > 0)
+    annotated_tasks = sum(1 for t in tasks if t.annotations > 0)  # a skipped task counts: an annotator saw it
     return QualityReport(project_id=project_id, model_version=model_version, tasks=len(tasks),
                          annotated_tasks=annotated_tasks, predicted_tasks=len(predicted_tasks), classes=stats,
                          scores={f"{c}/{lab}": tuple(v) for (c, lab), v in scores.items() if v},

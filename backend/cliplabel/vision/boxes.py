@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cliplabel.vision import regions
+from cliplabel.vision import classify, regions
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,25 @@ def class_and_background_probs(crop_emb: np.ndarray, class_vecs: np.ndarray, bac
         (N, K) class probabilities and (N,) total background probability; each row of both sums to 1.
     """
     all_vecs = np.concatenate([class_vecs, background_vecs])
-    logits = logit_scale * (crop_emb @ all_vecs.T)
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    p = e / e.sum(axis=1, keepdims=True)
+    p = classify.softmax(logit_scale * (crop_emb @ all_vecs.T))
     k = len(class_vecs)
-    return p[:, :k].astype(np.float32), p[:, k:].sum(axis=1).astype(np.float32)
+    return p[:, :k], p[:, k:].sum(axis=1)
+
+
+def confident(class_probs: np.ndarray, background_prob: np.ndarray, threshold: float | None,
+              params: BoxParams) -> np.ndarray:
+    """Indices of the crops whose best class beats the background and reaches the threshold.
+
+    Args:
+        class_probs: (N, K); background_prob: (N,), as `class_and_background_probs` returns them.
+        threshold: the control's `model_score_threshold`; None means `params.default_threshold`.
+
+    Returns:
+        (M,) int64 indices, ascending.
+    """
+    scores = class_probs.max(axis=1) if len(class_probs) else np.zeros(0, np.float32)
+    thr = params.default_threshold if threshold is None else threshold
+    return np.flatnonzero((scores > background_prob) & (scores >= thr))
 
 
 def detect(boxes_xyxy: np.ndarray, class_probs: np.ndarray, background_prob: np.ndarray, threshold: float | None,
@@ -90,8 +103,7 @@ def detect(boxes_xyxy: np.ndarray, class_probs: np.ndarray, background_prob: np.
         return []
     labels = class_probs.argmax(axis=1)
     scores = class_probs[np.arange(len(b)), labels]
-    thr = params.default_threshold if threshold is None else threshold
-    keep = np.flatnonzero((scores > background_prob) & (scores >= thr))
+    keep = confident(class_probs, background_prob, threshold, params)
     if len(keep) == 0:
         return []
     b, labels, scores = b[keep], labels[keep], scores[keep]

@@ -14,6 +14,23 @@ from cliplabel.core.domain import ChoicePrediction, Control
 DEFAULT_MULTIPLE_THRESHOLD = 0.2
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, the one the whole backend uses.
+
+    Args:
+        logits: (N, C) any float dtype.
+
+    Returns:
+        (N, C) float32, rows summing to 1. The row maximum is subtracted first and the exponentials are summed in
+        float64, so CLIP's large logits (temperature ≈100) neither overflow nor lose the small classes.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"expected (N, C) logits, got shape {logits.shape}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float64)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def softmax_probabilities(image_emb: np.ndarray, class_vecs: np.ndarray, logit_scale: float) -> np.ndarray:
     """CLIP's calibrated class probabilities.
 
@@ -27,10 +44,7 @@ def softmax_probabilities(image_emb: np.ndarray, class_vecs: np.ndarray, logit_s
     """
     if image_emb.ndim != 2 or class_vecs.ndim != 2 or image_emb.shape[1] != class_vecs.shape[1]:
         raise ValueError(f"expected (N, D) and (K, D) arrays, got {image_emb.shape} and {class_vecs.shape}")
-    logits = logit_scale * (image_emb @ class_vecs.T)
-    logits -= logits.max(axis=1, keepdims=True)
-    exp = np.exp(logits, dtype=np.float64)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return softmax(logit_scale * (image_emb @ class_vecs.T))
 
 
 def choose(control: Control, probs: np.ndarray) -> ChoicePrediction | None:

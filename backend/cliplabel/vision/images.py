@@ -9,14 +9,13 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from cliplabel.core.domain import ResizeMode
 from cliplabel.core.errors import ImageFetchError
 
-ResizeMode = Literal["shortest", "squash", "longest"]
 # Truncated files are a client's problem: we want an error, not a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 

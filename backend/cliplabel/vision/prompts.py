@@ -1,18 +1,16 @@
 """Prompt ensembles: templates × class names, and the weighted class vectors they give.
 
-Pure logic; text embeddings come in as arrays.
+Pure logic: prompt files come in as text (read by whoever builds the services), text embeddings as arrays.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from cliplabel.core.domain import LabelClass, PromptEnsemble
-from cliplabel.core.errors import SettingsError
 
 # Drawn from the templates CLIP's authors published for ImageNet zero-shot (Radford et al., 2021): generic photo
 # templates that hold for most labelling projects, without the ImageNet-specific ones (origami, tattoo, plushie …).
@@ -37,37 +35,32 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 MAX_TEMPLATES = 256
 
 
-def load_templates(path: Path | None) -> tuple[str, ...]:
-    """Templates from a file (one per line, each with one `{}`; `#` starts a comment), or the defaults.
+def parse_prompt_lines(text: str, max_lines: int = MAX_TEMPLATES) -> tuple[str, ...]:
+    """The prompts of a prompt file's text: its non-empty lines, without `#` comments and repeats, in order.
 
     Raises:
-        SettingsError: the file is unreadable, empty, or a line lacks exactly one `{}`.
+        ValueError: no prompt, or more than `max_lines`.
     """
-    if path is None:
-        return DEFAULT_TEMPLATES
-    templates = load_prompt_lines(path, "CLIPLABEL_TEMPLATES")
-    for template in templates:
-        if template.count("{}") != 1:
-            raise SettingsError(f"CLIPLABEL_TEMPLATES: {template!r} in {path} must contain exactly one {{}}")
-    return templates
-
-
-def load_prompt_lines(path: Path, variable: str, max_lines: int = MAX_TEMPLATES) -> tuple[str, ...]:
-    """Non-empty, non-comment lines of a prompt file.
-
-    Raises:
-        SettingsError: the file is unreadable, empty, or too long.
-    """
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{variable}: cannot read {path}: {exc}") from exc
+    lines = [ln.strip() for ln in text.splitlines()]
     kept = tuple(dict.fromkeys(ln for ln in lines if ln and not ln.startswith("#")))
     if not kept:
-        raise SettingsError(f"{variable}: {path} holds no prompts")
+        raise ValueError("no prompts: every line is empty or a comment")
     if len(kept) > max_lines:
-        raise SettingsError(f"{variable}: {len(kept)} lines; at most {max_lines}")
+        raise ValueError(f"{len(kept)} prompts; at most {max_lines}")
     return kept
+
+
+def parse_templates(text: str) -> tuple[str, ...]:
+    """Templates from a template file's text: prompt lines (see `parse_prompt_lines`) with one `{}` each.
+
+    Raises:
+        ValueError: no template, too many, or a line lacks exactly one `{}`.
+    """
+    templates = parse_prompt_lines(text)
+    for template in templates:
+        if template.count("{}") != 1:
+            raise ValueError(f"{template!r} must contain exactly one {{}}")
+    return templates
 
 
 def natural_name(name: str) -> str:

@@ -6,6 +6,7 @@ of selective search grows with pixels; object boundaries survive the downscale) 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +35,15 @@ class ProposalParams:
             raise ValueError("window scales must be in (0, 1]")
 
 
+@functools.cache
+def _single_threaded_opencv() -> None:
+    """One OpenCV thread per call: we already run several images in parallel, and the cores are shared with torch.
+
+    OpenCV's thread count is process-wide (its pthreads pool), so setting it once is enough.
+    """
+    cv2.setNumThreads(1)
+
+
 def selective_search(image: Image.Image, params: ProposalParams) -> np.ndarray:
     """(N, 4) xyxy boxes in pixels of `image`, smallest first (a deterministic order)."""
     if params.selective_search == "off":
@@ -43,8 +53,7 @@ def selective_search(image: Image.Image, params: ProposalParams) -> np.ndarray:
     small = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR) \
         if scale < 1.0 else image
     bgr = np.ascontiguousarray(np.asarray(small.convert("RGB"))[:, :, ::-1])
-    # One OpenCV thread per call: we already run several images in parallel, and 2 cores are shared with torch.
-    cv2.setNumThreads(1)
+    _single_threaded_opencv()
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(bgr)
     if params.selective_search == "quality":

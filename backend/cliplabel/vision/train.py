@@ -18,9 +18,12 @@ mean class text vector) before they meet text vectors.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from cliplabel.core.domain import Head
+from cliplabel.vision import classify
 
 ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
 SCALE_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -32,28 +35,6 @@ MIN_EXAMPLES = 2
 def _normalise(v: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(v, axis=-1, keepdims=True)
     return (v / np.maximum(n, 1e-12)).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Head:
-    """A control's classifier: (K, D) class vectors, (B, D) learned background vectors, temperature."""
-
-    from_name: str
-    labels: tuple[str, ...]
-    class_vecs: np.ndarray = field(repr=False)
-    background_vecs: np.ndarray = field(repr=False)
-    logit_scale: float
-    alpha: float = 0.0
-    prompt_weights: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.class_vecs.shape[0] != len(self.labels):
-            raise ValueError(f"{len(self.labels)} labels but class vectors of shape {self.class_vecs.shape}")
-        if self.background_vecs.ndim != 2 or (len(self.background_vecs) and
-                                               self.background_vecs.shape[1] != self.class_vecs.shape[1]):
-            raise ValueError(f"background vectors of shape {self.background_vecs.shape} do not fit")
-        if not self.logit_scale > 0:
-            raise ValueError("logit_scale must be positive")
 
 
 @dataclass(frozen=True)
@@ -90,8 +71,7 @@ def prompt_weights(prompt_emb: np.ndarray, class_examples: np.ndarray) -> np.nda
     if len(class_examples) == 0 or p == 1:
         return uniform
     affinity = (prompt_emb @ class_examples.T).mean(axis=1)
-    e = np.exp(PROMPT_WEIGHT_SHARPNESS * (affinity - affinity.max()))
-    return 0.5 * uniform + 0.5 * e / e.sum()
+    return 0.5 * uniform + 0.5 * classify.softmax(PROMPT_WEIGHT_SHARPNESS * affinity[None, :])[0]
 
 
 def ensemble_vectors(prompt_embs: Sequence[np.ndarray], weights: Sequence[np.ndarray]) -> np.ndarray:
@@ -101,10 +81,7 @@ def ensemble_vectors(prompt_embs: Sequence[np.ndarray], weights: Sequence[np.nda
 
 def _probs(emb: np.ndarray, class_vecs: np.ndarray, background: np.ndarray, scale: float) -> np.ndarray:
     vecs = np.concatenate([class_vecs, background]) if len(background) else class_vecs
-    logits = scale * emb @ vecs.T
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    p = e / e.sum(axis=1, keepdims=True)
+    p = classify.softmax(scale * emb @ vecs.T)
     k = len(class_vecs)
     # column K sums every background vector: "not one of our classes"
     return np.concatenate([p[:, :k], p[:, k:].sum(axis=1, keepdims=True)], axis=1)
@@ -174,7 +151,12 @@ def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray]
         fixed_background: (B0, D) background vectors that always apply (the background prompt ensembles).
         base_logit_scale: the encoder's own temperature.
         scale_factors: temperatures tried, as multiples of `base_logit_scale`.
+
+    Raises:
+        ValueError: `scale_factors` is empty.
     """
+    if not scale_factors:
+        raise ValueError("fit needs at least one temperature factor to try")
     y = examples.labels
     labelled = int((y >= 0).sum())
     if len(y) < MIN_EXAMPLES:
@@ -182,7 +164,7 @@ def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray]
     weights = [prompt_weights(e, examples.embeddings[y == c]) for c, e in enumerate(prompt_embs)]
     text_vecs = ensemble_vectors(prompt_embs, weights)
     gap = modality_gap(examples, text_vecs)
-    best: tuple[float, float, float, float] | None = None  # (accuracy, -nll, -alpha, scale)
+    tried: list[tuple[float, float, float, float]] = []  # (accuracy, -nll, -alpha, scale)
     for alpha in ALPHAS:
         for factor in scale_factors:
             scale = base_logit_scale * factor
@@ -191,19 +173,15 @@ def fit(from_name: str, labels: Sequence[str], prompt_embs: Sequence[np.ndarray]
             acc = float(np.mean(_predicted(probs) == y))
             nll = float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), target], 1e-12))))
             # Ties go to the smaller α: closer to zero-shot is the safer head.
-            key = (acc, -nll, -alpha, scale)
-            if best is None or key > best:
-                best = key
-    assert best is not None
-    acc, neg_nll, neg_alpha, scale = best
+            tried.append((acc, -nll, -alpha, scale))
+    acc, neg_nll, neg_alpha, scale = max(tried)
     alpha = -neg_alpha
     proto = np.stack([_normalise(_normalise(examples.embeddings[y == c].mean(axis=0)) - gap) if (y == c).any()
                       else text_vecs[c] for c in range(len(labels))])
     class_vecs = _normalise((1 - alpha) * text_vecs + alpha * proto)
     background = _background_exemplars(examples.embeddings[y < 0], gap)
     head = Head(from_name=from_name, labels=tuple(labels), class_vecs=class_vecs, background_vecs=background,
-                logit_scale=float(scale), alpha=float(alpha),
-                prompt_weights={lab: tuple(float(v) for v in w) for lab, w in zip(labels, weights)})
+                logit_scale=float(scale), alpha=float(alpha))
     current_acc, current_nll = evaluate_head(current, examples, fixed_background)
     metrics = {"examples": float(len(y)), "labelled": float(labelled), "background": float(len(y) - labelled),
                "loo_accuracy": acc, "loo_nll": -neg_nll, "current_accuracy": current_acc,

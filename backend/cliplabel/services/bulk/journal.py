@@ -1,0 +1,106 @@
+"""Where bulk jobs live in the store: every namespace and part name they use, and their JSON, in one place.
+
+A job is a spec blob plus parts added once each (`Store.add_part` keeps the first writer): `plan`, `chunk:<i>` per
+finished chunk, `failed`, `cancelled`. So a chunk delivered twice is counted once, and two processes planning the
+same job agree on one plan.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from cliplabel.core.errors import NotFoundError
+from cliplabel.services.bulk.model import ChunkResult, JobRecord, JobSpec, Plan
+from cliplabel.store import Store
+
+SPEC_NS = "bulk-job"  # blob: the job's spec; parts: plan, chunk:<i>, failed, cancelled
+TASKS_NS = "bulk-tasks"  # blob per chunk: its tasks
+ERROR_NS = "bulk-error"  # blob: the last error of a job (shown by its status until the job finishes)
+INDEX_NS = "bulk-jobs"  # parts per project: job id → created_at
+ALL_JOBS = "all"  # ... and under this key every job (what a restarted process resumes)
+PLAN, FAILED, CANCELLED, CHUNK = "plan", "failed", "cancelled", "chunk:"
+
+
+def _chunk_result(raw: str) -> ChunkResult:
+    fields = json.loads(raw)
+    return ChunkResult(**{**fields, "errors": tuple(fields["errors"])})
+
+
+def _by_creation(index: dict[str, str]) -> list[str]:
+    return [job_id for job_id, _ in sorted(index.items(), key=lambda kv: float(kv[1]))]
+
+
+class JobJournal:
+    """Reads and records bulk jobs' facts in the store; any process can read what another recorded."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, spec: JobSpec) -> None:
+        self.store.put_blob(SPEC_NS, spec.job_id, json.dumps(asdict(spec)))
+        self.store.add_part(INDEX_NS, spec.project_id, spec.job_id, str(spec.created_at))
+        self.store.add_part(INDEX_NS, ALL_JOBS, spec.job_id, str(spec.created_at))
+
+    def spec(self, job_id: str) -> JobSpec:
+        """Raises:
+            NotFoundError: no such job.
+        """
+        raw = self.store.get_blob(SPEC_NS, job_id)
+        if raw is None:
+            raise NotFoundError(f"no bulk job {job_id!r}")
+        return JobSpec(**json.loads(raw))
+
+    def record(self, job_id: str) -> JobRecord:
+        """Everything recorded about a job (raises NotFoundError for an unknown one)."""
+        spec = self.spec(job_id)
+        parts = self.store.list_parts(SPEC_NS, job_id)
+        return JobRecord(spec=spec, plan=Plan(**json.loads(parts[PLAN])) if PLAN in parts else None,
+                         chunks={int(k[len(CHUNK):]): _chunk_result(v) for k, v in parts.items() if k.startswith(CHUNK)},
+                         failed=parts.get(FAILED), cancelled=CANCELLED in parts,
+                         last_error=self.store.get_blob(ERROR_NS, job_id))
+
+    def plan(self, job_id: str) -> Plan | None:
+        raw = self.store.list_parts(SPEC_NS, job_id).get(PLAN)
+        return None if raw is None else Plan(**json.loads(raw))
+
+    def record_plan(self, job_id: str, plan: Plan, chunks: list[list[dict[str, Any]]]) -> Plan | None:
+        """Stores the chunks' tasks, then the plan; returns the plan another process recorded first, if one did."""
+        for i, chunk in enumerate(chunks):
+            self.store.put_blob(TASKS_NS, f"{job_id}:{i}", json.dumps(chunk))
+        if self.store.add_part(SPEC_NS, job_id, PLAN, json.dumps(asdict(plan))):
+            return None
+        return Plan(**json.loads(self.store.list_parts(SPEC_NS, job_id)[PLAN]))
+
+    def chunk_tasks(self, job_id: str, index: int) -> list[dict[str, Any]]:
+        """The tasks of one chunk, as the plan stored them (raises NotFoundError for a chunk never planned)."""
+        raw = self.store.get_blob(TASKS_NS, f"{job_id}:{index}")
+        if raw is None:
+            raise NotFoundError(f"bulk job {job_id} has no chunk {index}")
+        tasks: list[dict[str, Any]] = json.loads(raw)
+        return tasks
+
+    def record_chunk(self, job_id: str, index: int, result: ChunkResult) -> bool:
+        """False when the chunk had already been recorded (it then counts once)."""
+        return self.store.add_part(SPEC_NS, job_id, f"{CHUNK}{index}", json.dumps(asdict(result)))
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return CANCELLED in self.store.list_parts(SPEC_NS, job_id)
+
+    def cancel(self, job_id: str) -> None:
+        self.store.add_part(SPEC_NS, job_id, CANCELLED, str(time.time()))
+
+    def record_error(self, job_id: str, detail: str, final: bool) -> None:
+        self.store.put_blob(ERROR_NS, job_id, detail)
+        if final:
+            self.store.add_part(SPEC_NS, job_id, FAILED, detail)
+
+    def job_ids(self, project_id: str) -> list[str]:
+        """A project's jobs, oldest first."""
+        return _by_creation(self.store.list_parts(INDEX_NS, project_id))
+
+    def all_job_ids(self) -> list[str]:
+        """Every job of every project, oldest first."""
+        return _by_creation(self.store.list_parts(INDEX_NS, ALL_JOBS))
