@@ -35,6 +35,25 @@ def encoder(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def plain_model_dir() -> Path:
+    """The second test model: another tower width and temperature, and never trained on framing captions."""
+    return tinyclip.ensure_model(variant="plain")
+
+
+@pytest.fixture(scope="session", params=list(tinyclip.VARIANTS))
+def any_model_dir(request: pytest.FixtureRequest) -> Path:
+    """Each test model in turn, for claims that must hold on both (see tests/tinyclip.py)."""
+    return tinyclip.ensure_model(variant=str(request.param))
+
+
+@pytest.fixture(scope="session")
+def any_encoder(any_model_dir: Path):  # type: ignore[no-untyped-def]
+    from cliplabel.model.encoder import load_encoder
+
+    return load_encoder(f"local-dir:{any_model_dir}", None, "cpu")
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
