@@ -51,7 +51,7 @@ def run(name: str, n_tasks: int, chunk: int, tmp: Path) -> dict[str, object]:
             # The prompt ensembles are encoded once per label set and then cached in the store: timed apart.
             t0 = time.perf_counter()
             for control in label_config.parse_label_config(CHOICES).controls:
-                services.predictor.class_vectors(control)
+                services.class_vectors.zero_shot(control)
             prompts_s = time.perf_counter() - t0
             spec = services.bulk.create(str(project), "prelabel", chunk)
             started = time.perf_counter()

@@ -18,7 +18,7 @@ def _embed(encoder, tmp_path, decode: str, blobs: list[bytes]):  # type: ignore[
     settings = Settings(model="local-dir:tiny", data_dir=tmp_path / decode, batch_size=4, decode=decode)
     services = build_services(settings, encoder=encoder, worker=True)
     try:
-        return services.predictor.embeddings.images(blobs), services.metrics.snapshot()
+        return services.embeddings.images(blobs), services.metrics.snapshot()
     finally:
         services.close(close_store=True)
 

@@ -50,7 +50,7 @@ def test_rescore_downloads_nothing_and_follows_the_new_head(encoder, tmp_path, i
 
         # a new head (classes renamed by a permutation): the re-score follows it, still without a download
         choices = config.of_kind("choices")[0]
-        vecs = services.predictor.class_vectors(choices)
+        vecs = services.class_vectors.zero_shot(choices)
         perm = np.roll(np.arange(len(CLASSES)), 1)  # class i's vector now answers to label i+1
         head = Head(choices.from_name, choices.values, vecs[np.argsort(perm)], np.zeros((0, vecs.shape[1]), np.float32),
                     encoder.logit_scale)
@@ -81,7 +81,7 @@ def test_a_cached_image_whose_crops_are_gone_is_downloaded_again(encoder, tmp_pa
         config = label_config.parse_label_config(BOTH_CONFIG)
         first = services.predictor.predict(tasks, config, None, "m-r0")
         # a detector with other box settings proposes other windows: their crops are not cached yet
-        detector = services.predictor.detector
+        detector = services.detector
         detector.config = dataclasses.replace(detector.config, boxes=dataclasses.replace(detector.config.boxes,
                                                                                           pad_frac=0.2))
         downloads = len(image_host.requests_seen)

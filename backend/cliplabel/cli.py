@@ -122,7 +122,8 @@ def _label(args: argparse.Namespace, settings: Settings) -> int:
     try:
         boxes = args.boxes or args.format in ("yolo", "coco")
         with logging_redirect_tqdm(), progress_bar(len(paths), "img") as bar:
-            items = label_images(services.predictor, paths, classes, boxes, batch=settings.batch_size,
+            items = label_images(services.embeddings, services.detector, services.class_vectors,
+                                 settings.max_image_bytes, paths, classes, boxes, batch=settings.batch_size,
                                  progress=lambda done, _total: bar.update(done - bar.n))
     finally:
         services.close(close_store=True)

@@ -57,6 +57,10 @@ class Services:
     bulk: BulkJobs
     dispatcher: Dispatcher | None
     clients: ProjectClients
+    # For work without Label Studio (`cliplabel label`), which composes them itself.
+    embeddings: EmbeddingService
+    detector: BoxDetector
+    class_vectors: ClassVectors
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
@@ -280,4 +284,4 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         trigger = RqTrigger(settings.redis_url, settings.redis_prefix) if settings.redis_url else BackgroundThread(feedback)
     return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics,
                     pool=pool, slug=slug, feedback=feedback, trigger=trigger, bulk=bulk, dispatcher=dispatcher,
-                    clients=clients)
+                    clients=clients, embeddings=embeddings, detector=detector, class_vectors=class_vectors)

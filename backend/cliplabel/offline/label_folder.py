@@ -10,8 +10,10 @@ import numpy as np
 
 from cliplabel.core.domain import Control, LabelClass
 from cliplabel.core.errors import CliplabelError
+from cliplabel.model.embeddings import EmbeddingService
 from cliplabel.offline.export import Box, LabelledImage
-from cliplabel.services.predict import Predictor
+from cliplabel.services.class_vectors import ClassVectors
+from cliplabel.services.detect import BoxDetector
 from cliplabel.vision import classify
 
 logger = logging.getLogger(__name__)
@@ -33,13 +35,13 @@ def controls_for(classes: Sequence[str], boxes: bool) -> tuple[Control, Control 
     return choice, rect
 
 
-def label_images(predictor: Predictor, paths: Sequence[Path], classes: Sequence[str], boxes: bool,
-                 batch: int = 64, progress: Callable[[int, int], None] | None = None) -> list[LabelledImage]:
-    """Top class (and boxes) for each readable image; unreadable ones are logged and skipped."""
+def label_images(embeddings: EmbeddingService, detector: BoxDetector, vectors: ClassVectors, max_bytes: int,
+                 paths: Sequence[Path], classes: Sequence[str], boxes: bool, batch: int = 64,
+                 progress: Callable[[int, int], None] | None = None) -> list[LabelledImage]:
+    """Top class (and boxes) for each readable image; unreadable ones (or over `max_bytes`) are logged and skipped."""
     choice, rect = controls_for(classes, boxes)
-    vecs, scale = predictor.head_vectors(choice, None)
+    vecs, scale = vectors.for_control(choice, None)
     out: list[LabelledImage] = []
-    max_bytes = predictor.fetcher.max_bytes
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
         blobs, items, kept = [], [], []
@@ -48,15 +50,15 @@ def label_images(predictor: Predictor, paths: Sequence[Path], classes: Sequence[
                 if path.stat().st_size > max_bytes:
                     raise CliplabelError(f"more than {max_bytes} bytes")
                 blob = path.read_bytes()
-                items.append(predictor.decode_full(blob))
+                items.append(detector.load_image(blob))
                 blobs.append(blob)
                 kept.append(path)
             except OSError as exc:
                 logger.warning("skipped %s: %s", path, type(exc).__name__)
             except CliplabelError as exc:
                 logger.warning("skipped %s: %s", path, exc.detail)
-        embs = predictor.embeddings.images(blobs)
-        found: list[list] = predictor.detector.detect(items, rect) if rect is not None and items else [[]] * len(items)
+        embs = embeddings.images(blobs)
+        found: list[list] = detector.detect(items, rect) if rect is not None and items else [[]] * len(items)
         for path, item, emb, regs in zip(kept, items, embs, found):
             if isinstance(emb, CliplabelError):
                 continue

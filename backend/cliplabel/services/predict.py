@@ -283,16 +283,3 @@ class Predictor:
                    auth: LabelStudioAuth | None) -> Image.Image:
         """A known image's pixels, downloaded when a re-score misses one of its crops. Raises CliplabelError."""
         return self.detector.load_image(self.fetcher.fetch_task_image(task, task_id, key, ctx, auth)).image
-
-    # -- delegates for callers that hold only the predictor (offline labelling, tests); new code takes the owner --
-    def class_vectors(self, control: Control) -> np.ndarray:
-        """See `ClassVectors.zero_shot`."""
-        return self.vectors.zero_shot(control)
-
-    def head_vectors(self, control: Control, head: Head | None) -> tuple[np.ndarray, float]:
-        """See `ClassVectors.for_control`."""
-        return self.vectors.for_control(control, head)
-
-    def decode_full(self, blob: bytes) -> BoxImage:
-        """See `BoxDetector.load_image`."""
-        return self.detector.load_image(blob)
