@@ -74,7 +74,7 @@ def test_control_bound_to_several_names_uses_the_image() -> None:
 def test_repository_default_config_parses() -> None:
     from pathlib import Path
 
-    cfg = parse_label_config((Path(__file__).parents[1] / "label_config.xml").read_text())
+    cfg = parse_label_config((Path(__file__).parents[2] / "label_config.xml").read_text())
     assert {c.kind for c in cfg.controls} == {"choices", "rectanglelabels"}
 
 

@@ -78,7 +78,7 @@ def test_the_readme_documents_every_variable() -> None:
 
     from cliplabel.core.settings import ENV_FIELDS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = readme[readme.index("## Configuration"):readme.index("## How it predicts")]
     missing = [var for var in ENV_FIELDS if f"`{var}`" not in table]
     assert not missing, f"README's Configuration table lacks {missing}"
