@@ -88,10 +88,11 @@ def box_scores(services: Services, pid: str, tasks: list[tuple[dict, list]]) -> 
     return s.ap50, s.fp_per_image
 
 
-def annotate(services: Services, pid: str, aid: int, task: dict, result: list) -> None:
-    services.webhook("ANNOTATION_CREATED", {
+def annotate(services: Services, host: ImageHost, pid: str, aid: int, task: dict, result: list) -> None:
+    """A webhook event, its annotation saved in the host's Label Studio API first (the worker confirms it there)."""
+    services.webhook("ANNOTATION_CREATED", host.annotate({
         "action": "ANNOTATION_CREATED", "project": {"id": int(pid)}, "task": task,
-        "annotation": {"id": aid, "task": task["id"], "result": result, "was_cancelled": False}})
+        "annotation": {"id": aid, "task": task["id"], "result": result, "was_cancelled": False}}))
 
 
 def run_choices(services: Services, host: ImageHost, pid: str, classes: dict, steps: list[int]) -> list[dict]:
@@ -102,7 +103,7 @@ def run_choices(services: Services, host: ImageHost, pid: str, classes: dict, st
     for n in steps:
         for aid in range(done, n):
             task, label = stream[aid]
-            annotate(services, pid, aid + 1, task, [{"from_name": "label", "to_name": "image", "type": "choices",
+            annotate(services, host, pid, aid + 1, task, [{"from_name": "label", "to_name": "image", "type": "choices",
                                                       "value": {"choices": [label]}}])
         done = n
         services.feedback.process_pending()
@@ -123,7 +124,7 @@ def run_boxes(services: Services, host: ImageHost, pid: str, steps: list[int]) -
         for aid in range(done, n):
             task, objs = stream[aid]
             # The annotator keeps exactly the true boxes: our false positives on this scene are deleted.
-            annotate(services, pid, aid + 1, task, [{
+            annotate(services, host, pid, aid + 1, task, [{
                 "from_name": "bbox", "to_name": "image", "type": "rectanglelabels",
                 "value": {"x": o.bbox_xyxy[0] / 2.56, "y": o.bbox_xyxy[1] / 2.56,
                           "width": (o.bbox_xyxy[2] - o.bbox_xyxy[0]) / 2.56,

@@ -2,6 +2,7 @@
 
     python bench/suite.py                                    # tiny CLIP and ViT-B-32 (random weights), CPU
     python bench/suite.py --models ViT-B-32,ViT-L-14 --device cuda --images 4096 --batch 256
+    python bench/suite.py --runtime onnx                     # the encoder in ONNX Runtime (CLIPLABEL_RUNTIME)
 
 Per model, on a fresh store (cold cache) and a real HTTP app (uvicorn in this process, images from a real HTTP host):
 - raw encoder: images/s (= crops/s) on prepared uint8 arrays at `--batch`, texts/s;
@@ -353,13 +354,14 @@ COLUMNS = [
 
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model = f"local-dir:{tinyclip.ensure_model()}" if name == "tiny" else name
-    encoder = load_encoder(model, None, args.device)
+    encoder = load_encoder(model, None, args.device, runtime=args.runtime,
+                           cache_dir=Path(tempfile.gettempdir()) / "cliplabel-bench-onnx")
     big = name != "tiny" and args.device == "cpu"
     n = min(args.images, 96) if big else args.images
     width, height = (int(v) for v in args.size.split("x"))
     blobs = jpegs(n, width, height, seed=1)
     scenes = jpegs(4 if big else args.scenes, 320, 240, seed=2, objects=3)
-    row: dict[str, Any] = {"model": name, "device": encoder.device, "input_px": encoder.image_size,
+    row: dict[str, Any] = {"model": f"{name} {encoder.runtime}", "device": encoder.device, "input_px": encoder.image_size,
                            "batch": args.batch, "images": n}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
@@ -389,6 +391,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=512, help="classification images (96 for big models on CPU)")
     parser.add_argument("--scenes", type=int, default=48, help="box scenes (4 for big models on CPU)")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--runtime", default="torch", choices=("auto", "torch", "onnx"),
+                        help="CLIPLABEL_RUNTIME of the encoder (bench/bench_runtime.py compares them)")
     parser.add_argument("--size", default="640x480", help="classification image size WxH (JPEG)")
     parser.add_argument("--source", default="http", choices=("http", "local"),
                         help="task images from an HTTP server (default) or Label Studio local-files storage")

@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -33,10 +34,37 @@ class ImageHost:
     pat_access: str = "short-lived-access"
     delay_s: float = 0.0  # a slow host: every /data/ response waits this long
     refresh_token: str | None = None
+    # Label Studio's API for confirming webhooks: `GET /api/annotations/{id}` and the data manager's task list.
+    annotations: dict[int, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (project, task id) → task
+    api_status: int | None = None  # a Label Studio outage: every /api/ GET answers this status
 
     def add(self, path: str, data: bytes) -> str:
         self.files[path] = data
         return path
+
+    def annotate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Stores a webhook payload's annotation and task as Label Studio would have saved them (so the worker can
+        confirm the event); returns the payload."""
+        project = payload["project"]["id"] if isinstance(payload["project"], dict) else payload["project"]
+        task = payload["task"]
+        self.tasks[(int(project), task["id"])] = {"id": task["id"], "project": project, "data": task["data"]}
+        self.annotations[payload["annotation"]["id"]] = {**payload["annotation"], "task": task["id"],
+                                                         "project": project}
+        return payload
+
+    def api_answer(self, path: str) -> Any:
+        """What this host's Label Studio API answers to a GET of `path` (None: 404)."""
+        url = urllib.parse.urlsplit(path)
+        if url.path.startswith("/api/annotations/"):
+            aid = url.path.rsplit("/", 1)[-1]
+            return self.annotations.get(int(aid)) if aid.isdigit() else None
+        if url.path == "/api/tasks":
+            params = urllib.parse.parse_qs(url.query)
+            included = json.loads(params["query"][0])["selectedItems"]["included"]
+            project = int(params["project"][0])
+            return {"tasks": [self.tasks[(project, t)] for t in included if (project, t) in self.tasks]}
+        return None
 
 
 def start_image_host() -> tuple[ImageHost, ThreadingHTTPServer]:
@@ -74,6 +102,15 @@ def start_image_host() -> tuple[ImageHost, ThreadingHTTPServer]:
                 self.send_header("Location", host.redirects[self.path])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                return
+            if self.path.startswith("/api/") and self.path not in host.files:
+                answer = host.api_answer(self.path) if self._auth_ok() else None
+                payload = json.dumps(answer).encode()
+                self.send_response(host.api_status or (401 if not self._auth_ok() else 404 if answer is None else 200))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
                 return
             if self.path.startswith("/data/") and not self._auth_ok():
                 self.send_response(401)

@@ -208,11 +208,18 @@ def test_body_size_is_capped(serve, make_store, http) -> None:  # type: ignore[n
 
 def test_basic_auth_guards_every_endpoint(serve, make_store, image_host, http) -> None:  # type: ignore[no-untyped-def]
     live = serve(make_store("embedded"), basic_auth_user="ls", basic_auth_pass="s3cret-pass")
-    for method, path in [("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("post", "/webhook"),
-                         ("get", "/versions"), ("get", "/metrics")]:
+    for method, path in [("get", "/health"), ("post", "/setup"), ("post", "/predict"), ("get", "/webhook"),
+                         ("get", "/versions"), ("get", "/metrics"), ("get", "/jobs?project=1")]:
         resp = getattr(http, method)(f"{live.url}{path}", json={})
         assert resp.status_code == 401, path
         assert resp.headers["WWW-Authenticate"].startswith("Basic")
+    # Label Studio sends annotation events without the header: POST /webhook takes those (the worker confirms each
+    # against Label Studio's API, tests/services/feedback/test_confirm.py), and nothing else
+    for action, status in [("ANNOTATION_CREATED", 200), ("ANNOTATIONS_DELETED", 200), ("START_TRAINING", 401),
+                           ("TASKS_CREATED", 401)]:
+        resp = http.post(f"{live.url}/webhook", json={"action": action, "project": {"id": 1},
+                                                      "annotation": {"id": 1}, "annotations": [{"id": 1}]})
+        assert resp.status_code == status, (action, resp.text)
     assert http.get(f"{live.url}/health", auth=("ls", "wrong")).status_code == 401
     assert http.get(f"{live.url}/health", auth=("ls", "s3cret-pass")).status_code == 200
     bad = {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()}

@@ -94,10 +94,11 @@ def test_a_worker_killed_mid_run_loses_nothing(serve, make_store, image_host, ht
                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def annotate(aid: int, task: dict, label: str) -> None:
-        http.post(f"{live.url}/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": task,
-                                               "annotation": {"id": aid, "task": task["id"], "result": [
-                                                   {"from_name": "kind", "to_name": "image", "type": "choices",
-                                                    "value": {"choices": [label]}}]}}).raise_for_status()
+        http.post(f"{live.url}/webhook", json=image_host.annotate({
+            "action": "ANNOTATION_CREATED", "project": {"id": 5}, "task": task,
+            "annotation": {"id": aid, "task": task["id"], "result": [
+                {"from_name": "kind", "to_name": "image", "type": "choices",
+                 "value": {"choices": [label]}}]}})).raise_for_status()
 
     image_host.delay_s = 1.0  # every image download takes a second: the worker is mid-run when it dies
     first = worker("a")

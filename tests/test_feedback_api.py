@@ -73,7 +73,7 @@ def test_feedback_fixes_the_shifted_case_on_the_embedded_store(serve, make_store
     latencies = []
     for aid, (task, label) in enumerate(train, start=1):
         started = time.perf_counter()
-        resp = http.post(f"{live.url}/webhook", json=_annotation(aid, task, label))
+        resp = http.post(f"{live.url}/webhook", json=image_host.annotate(_annotation(aid, task, label)))
         latencies.append(time.perf_counter() - started)
         assert resp.status_code == 200 and resp.json()["status"] == "queued", resp.text
     assert max(latencies) < 0.1  # record and enqueue only
@@ -85,7 +85,8 @@ def test_feedback_fixes_the_shifted_case_on_the_embedded_store(serve, make_store
     # UPDATED three times counts once; DELETED removes the example
     task, label = train[0]
     for _ in range(3):
-        http.post(f"{live.url}/webhook", json=_annotation(1, task, label, "ANNOTATION_UPDATED"))
+        http.post(f"{live.url}/webhook", json=image_host.annotate(_annotation(1, task, label, "ANNOTATION_UPDATED")))
+    del image_host.annotations[2]  # deleted in Label Studio
     http.post(f"{live.url}/webhook", json={"action": "ANNOTATIONS_DELETED", "project": PROJECT,
                                            "annotations": [{"id": 2}]})
     deadline = time.monotonic() + 30
@@ -118,7 +119,8 @@ def test_webhooks_to_a_real_rq_worker_and_a_second_api_process(serve, make_store
         held_out = _tasks(image_host, 10, seed=2, first_id=1000)
         before, _ = _accuracy(http, api_b.url, held_out)
         for aid, (task, label) in enumerate(_tasks(image_host, 5, seed=1, first_id=1), start=1):
-            assert http.post(f"{api_a.url}/webhook", json=_annotation(aid, task, label)).status_code == 200
+            assert http.post(f"{api_a.url}/webhook",
+                             json=image_host.annotate(_annotation(aid, task, label))).status_code == 200
         r1 = r0.replace("-r0", "-r1")
         _wait_for_version(http, api_b.url, r1, timeout_s=120)
         # the other API process serves the new version without a restart

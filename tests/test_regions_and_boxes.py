@@ -91,37 +91,67 @@ def test_background_competes_in_one_softmax() -> None:
     assert cp[0, 0] > 0.99 and bg[1] > 0.99
 
 
-def _detect(b: list[list[float]], probs: list[list[float]], bg: list[float], **kw: float) -> list[boxes.Detection]:
-    return boxes.detect(np.array(b, float), np.array(probs, np.float32), np.array(bg, np.float32), None,
-                        BoxParams(**kw))  # type: ignore[arg-type]
+def _detect(b: list[list[float]], margin: list[float], context: list[float] | None = None,
+            labels: list[int] | None = None, **kw: float) -> list[boxes.Detection]:
+    lab = np.zeros(len(b), np.int64) if labels is None else np.array(labels)
+    return boxes.detect(np.array(b, float), lab, np.array(margin), None if context is None else np.array(context),
+                        None, BoxParams(**kw))  # type: ignore[arg-type]
 
 
-def test_detect_drops_background_and_low_scores() -> None:
+def test_margin_is_pairwise_whatever_the_number_of_classes() -> None:
+    emb = np.array([[1.0, 0.0, 0.0]], np.float32)
+    cls = np.array([[0.8, 0.6, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    bg = np.array([[0.6, 0.0, 0.8]], np.float32)
+    labels, margin = boxes.margin_probs(emb, cls, bg, 10.0)
+    # class 0 (cos 0.8) against its strongest rival, background (cos 0.6): sigmoid(10 × 0.2)
+    assert labels.tolist() == [0] and margin[0] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    # ten more classes far from the crop change nothing (a K-way softmax would dilute the score)
+    far = np.tile(np.array([[0.0, 0.0, -1.0]], np.float32), (10, 1))
+    _, more = boxes.margin_probs(emb, np.concatenate([cls, far]), bg, 10.0)
+    assert more[0] == pytest.approx(margin[0])
+    # no crops
+    assert boxes.margin_probs(np.zeros((0, 3), np.float32), cls, bg, 10.0)[1].shape == (0,)
+
+
+def test_context_probability_asks_label_against_background() -> None:
+    ctx = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    cls, bg = np.array([[1.0, 0.0]], np.float32), np.array([[0.0, 1.0]], np.float32)
+    got = boxes.context_probs(ctx, np.array([0, 0]), cls, bg, 5.0)
+    np.testing.assert_allclose(got, [1 / (1 + np.exp(-5.0)), 1 / (1 + np.exp(5.0))])
+
+
+def test_detect_drops_unconfident_and_cut_boxes() -> None:
     # nothing
-    assert _detect([], [], []) == []
-    dets = _detect([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]],
-                   [[0.3, 0.0], [0.8, 0.1], [0.45, 0.1]], [0.7, 0.1, 0.45])
-    # the first loses to background, the third is under the default threshold of 0.5
+    assert _detect([], []) == []
+    dets = _detect([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0.5, 0.95, 0.97], [0.0, 0.1, 0.6])
+    # the first is under the default margin threshold of 0.9; the third sees its class around it (cut through)
     assert [(d.bbox_xyxy, d.label_index) for d in dets] == [((20.0, 20.0, 30.0, 30.0), 0)]
+    # the score is confident × whole
+    assert dets[0].score == pytest.approx(0.95 * 0.9)
 
 
 def test_detect_prefers_the_tight_box_over_a_loose_one_that_contains_it() -> None:
-    dets = _detect([[0, 0, 100, 100], [30, 30, 60, 60]], [[0.95, 0.0], [0.9, 0.0]], [0.0, 0.0])
+    dets = _detect([[0, 0, 100, 100], [30, 30, 60, 60]], [0.96, 0.95])
     assert [d.bbox_xyxy for d in dets] == [(30.0, 30.0, 60.0, 60.0)]
-    # … unless the tight one scores much worse
-    dets = _detect([[0, 0, 100, 100], [30, 30, 60, 60]], [[0.95, 0.0], [0.6, 0.0]], [0.0, 0.0])
+    # … unless the tight one scores clearly worse
+    dets = _detect([[0, 0, 100, 100], [30, 30, 60, 60]], [0.99, 0.91])
+    assert len(dets) == 2
+    # … or holds another label
+    dets = _detect([[0, 0, 100, 100], [30, 30, 60, 60]], [0.96, 0.95], labels=[0, 1])
     assert len(dets) == 2
 
 
 def test_detect_caps_and_sorts() -> None:
     b = [[i * 20, 0, i * 20 + 10, 10] for i in range(5)]
-    dets = _detect(b, [[0.6 + i / 100, 0] for i in range(5)], [0.0] * 5, max_boxes=3)
-    assert [d.score for d in dets] == pytest.approx([0.64, 0.63, 0.62])
+    dets = _detect(b, [0.91 + i / 100 for i in range(5)], max_boxes=3)
+    assert [d.score for d in dets] == pytest.approx([0.95, 0.94, 0.93])
 
 
 def test_box_params_are_validated() -> None:
     with pytest.raises(ValueError, match="nms_iou"):
         BoxParams(nms_iou=1.5)
+    with pytest.raises(ValueError, match="context_threshold"):
+        BoxParams(context_threshold=-0.1)
 
 
 def test_detection_evaluation() -> None:

@@ -6,6 +6,7 @@ import base64
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -67,8 +68,8 @@ CONFIG = ('<View><Image name="image" value="$image"/><Choices name="c" toName="i
 
 def test_no_request_reaches_a_host_nobody_allowed(serve, make_store, image_host, http, trap, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Label Studio's URL is configured, so what /setup claims as hostname is not trusted for fetching.
-    live = serve(make_store("embedded"), label_studio_url=image_host.url, label_studio_api_key=LS_TOKEN,
-                 local_files_root=tmp_path)
+    store = make_store("embedded")
+    live = serve(store, label_studio_url=image_host.url, label_studio_api_key=LS_TOKEN, local_files_root=tmp_path)
     http.post(f"{live.url}/setup", json={"project": "1.1", "schema": CONFIG, "hostname": trap.url,
                                          "access_token": "x"}).raise_for_status()
     image_host.redirects["/data/upload/r.png"] = f"{trap.url}/r.png"
@@ -92,8 +93,19 @@ def test_no_request_reaches_a_host_nobody_allowed(serve, make_store, image_host,
     http.post(f"{live.url}/predict", json={"tasks": tasks[:1], "project": "1.1", "params": {"context": {"result": [
         {"from_name": "b", "to_name": "image", "type": "rectanglelabels",
          "value": {"x": 1, "y": 1, "width": 5, "height": 5}}]}}}).raise_for_status()
-    http.post(f"{live.url}/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1},
-                                           "task": tasks[0], "annotation": {"id": 1, "result": []}})
+    # the webhook: Label Studio (the image host) confirms the annotation, and its stored task points at the trap
+    for aid, task in enumerate(tasks, start=1):
+        http.post(f"{live.url}/webhook", json=image_host.annotate({
+            "action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": task, "annotation": {"id": aid, "result": [
+                {"from_name": "c", "to_name": "image", "type": "choices", "value": {"choices": ["red circle"]}}]}})
+                  ).raise_for_status()
+    deadline = time.monotonic() + 30
+    while store.pending_events(1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # every event was processed (confirmed, then its image refused), none taught anything, none reached the trap
+    assert not store.pending_events(1)
+    assert all(("GET", f"/api/annotations/{aid}") in image_host.requests_seen for aid in range(1, len(tasks) + 1))
+    assert store.list_feedback("1") == []
     assert trap.connections == 0
 
 

@@ -53,12 +53,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from cliplabel.api.app import create_app
+    from cliplabel.container import detector_config, prompt_templates
     from cliplabel.model.encoder import load_encoder
     from cliplabel.store import open_store
 
-    # Load the model and open the store before the server starts, so a bad setting is one clear line, not a
-    # failed-lifespan traceback.
-    encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads)
+    # Read the prompt files, load the model and open the store before the server starts, so a bad setting is one
+    # clear line naming its variable, not a failed-lifespan traceback.
+    prompt_templates(settings)
+    detector_config(settings)
+    encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads,
+                           runtime=settings.runtime, cache_dir=settings.onnx_cache_dir)
     store = open_store(settings.redis_url, settings.data_dir, settings.redis_prefix)
     app = create_app(settings, encoder=encoder, store=store)
     # access_log off: uvicorn would log every request line; ours log the project and counts without bodies.

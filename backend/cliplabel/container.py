@@ -29,10 +29,11 @@ from cliplabel.services.bulk import BulkJobs, JobKind, JobStatus
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.services.detect import DEFAULT_BACKGROUND_PROMPTS, BoxDetector, DetectorConfig
 from cliplabel.services.feedback import ExampleMaker, FeedbackService, Trainer
+from cliplabel.services.feedback.confirm import AnnotationConfirmer
 from cliplabel.services.predict import Predictor
 from cliplabel.services.reference_index import ReferenceIndex
 from cliplabel.services.report import QualityReport
-from cliplabel.services.versions import current_version
+from cliplabel.services.versions import current_version, known_versions
 from cliplabel.store import Store, open_store
 from cliplabel.store.heads import HeadStore
 from cliplabel.vision import prompts
@@ -41,6 +42,9 @@ from cliplabel.vision.proposals import ProposalParams
 
 logger = logging.getLogger(__name__)
 DEFAULT_PROJECT = "0"  # for callers that send a label config but no project
+# How long a request waits for a label set's prompt vectors still being computed before it answers 503 model_warming
+# with Retry-After: well below Label Studio's 100 s (the whole request must answer within 60 s).
+WARM_WAIT_S = 20.0
 
 
 @dataclass
@@ -64,7 +68,8 @@ class Services:
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
-                "encoder_id": self.encoder.encoder_id, "store": self.store.kind}
+                "encoder_id": self.encoder.encoder_id, "store": self.store.kind,
+                "warming": self.embeddings.warming()}
 
     def setup(self, project: object, schema: str, hostname: str | None, access_token: str | None) -> str:
         """Validates the label config, remembers the project, and returns its current model version."""
@@ -97,6 +102,9 @@ class Services:
             raise InvalidRequestError(f"no label config: send label_config or call /setup for project {pid} first")
         config = label_config.parse_label_config(schema)
         version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
+        # A large label set's prompts may still be encoding: answer 503 model_warming before Label Studio gives up,
+        # rather than block (bulk jobs, which have no such deadline, wait for them instead).
+        self.predictor.warm(config, WARM_WAIT_S)
         preds = self.predictor.predict(tasks, config, state, version.name, params, self.feedback.heads_for(version))
         logger.info("predict project=%s tasks=%d version=%s in %.3fs", pid, len(tasks), version.name,
                     time.perf_counter() - started)
@@ -111,8 +119,7 @@ class Services:
 
     def versions(self, project: str | None) -> list[str]:
         pid = ls_format.project_id(project) if project is not None else DEFAULT_PROJECT
-        current_version(self.store, pid, self.encoder.encoder_id, self.slug)
-        return [v.name for v in self.store.list_versions(pid, self.encoder.encoder_id)]
+        return known_versions(self.store, pid, self.encoder.encoder_id, self.slug)
 
     def start_job(self, project: object, kind: JobKind, chunk_size: int) -> JobStatus:
         """See `start_bulk_job`."""
@@ -174,13 +181,12 @@ def start_bulk_job(bulk: BulkJobs, dispatcher: Dispatcher | None, project: objec
     if dispatcher is None:
         raise InvalidRequestError("this process does not run bulk jobs")
     pid = ls_format.project_id(project)
-    running = bulk.active(pid, kind)
-    if running is not None:
-        logger.info("bulk job=%s already runs on project %s: not starting another", running.job_id, pid)
-        return running
-    spec = bulk.create(pid, kind, chunk_size)
-    dispatcher.start(spec.job_id)
-    return bulk.status(spec.job_id)
+    status, created = bulk.start(pid, kind, chunk_size)
+    if not created:
+        logger.info("bulk job=%s already runs on project %s: not starting another", status.job_id, pid)
+        return status
+    dispatcher.start(status.job_id)
+    return status
 
 
 def rescore_after_train(bulk: BulkJobs, dispatcher: Dispatcher, chunk_size: int) -> Callable[[ModelVersion], None]:
@@ -238,7 +244,8 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
     if encoder is None:
         from cliplabel.model.encoder import load_encoder
 
-        encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads)
+        encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.torch_threads,
+                               runtime=settings.runtime, cache_dir=settings.onnx_cache_dir)
     if settings.microbatch:
         encoder = MicroBatcher(encoder, settings.batch_size, settings.microbatch_wait_ms)
     if store is None:
@@ -274,11 +281,15 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         dispatcher = BulkThread(bulk)
     on_new_version = (rescore_after_train(bulk, dispatcher, settings.batch_size * 2)
                       if settings.rescore_after_train and dispatcher is not None else None)
+    # With basic auth on, /webhook takes unauthenticated annotation events (Label Studio sends them without the
+    # header): each must then be confirmed against Label Studio's API, or it teaches nothing.
+    confirmer = AnnotationConfirmer(connections.client, required=settings.basic_auth_user is not None)
     examples = ExampleMaker(store, heads, embeddings, class_vectors, detector, connections.fetch_image,
-                            encoder.encoder_id, slug)
+                            encoder.encoder_id, slug, confirmer)
     trainer = Trainer(store, heads, embeddings, class_vectors, detector, encoder, slug, metrics,
                       settings.retrain_every, on_new_version)
-    feedback = FeedbackService(store, metrics, heads, examples, trainer, connections.client)
+    feedback = FeedbackService(store, metrics, heads, examples, trainer, connections.client,
+                               lease_s=settings.event_lease_s)
     trigger: Trigger | None = None
     if not worker:
         trigger = RqTrigger(settings.redis_url, settings.redis_prefix) if settings.redis_url else BackgroundThread(feedback)

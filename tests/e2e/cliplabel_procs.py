@@ -40,10 +40,11 @@ def start_backend(tmp: Path, model_dir: Path, redis: tuple[str, str] | None, wor
             procs.append(subprocess.Popen([sys.executable, "-m", "cliplabel.cli", "worker"], cwd=ROOT, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
     url = f"http://127.0.0.1:{port}"
+    auth = (extra["BASIC_AUTH_USER"], extra["BASIC_AUTH_PASS"]) if "BASIC_AUTH_USER" in extra else None
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
+            if requests.get(f"{url}/health", auth=auth, timeout=1).status_code == 200:
                 return url, procs
         except requests.RequestException:
             time.sleep(0.3)
@@ -79,17 +80,19 @@ def _label_of(task: dict) -> str:
     return str(task["data"]["image"]).rsplit("-", 1)[-1].split("_")[0]
 
 
-def _versions(url: str, project: int) -> list[str]:
-    return list(requests.get(f"{url}/versions", params={"project": project}, timeout=5).json()["versions"])
+def _versions(url: str, project: int, auth: tuple[str, str] | None = None) -> list[str]:
+    return list(requests.get(f"{url}/versions", params={"project": project}, auth=auth,
+                             timeout=5).json()["versions"])
 
 
-def _wait_version(url: str, project: int, name: str, step: str, timeout_s: float = 120) -> None:
+def _wait_version(url: str, project: int, name: str, step: str, timeout_s: float = 120,
+                  auth: tuple[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if name in _versions(url, project):
+        if name in _versions(url, project, auth):
             return
         time.sleep(0.5)
-    raise StepError(f"{step}: version {name} did not appear; versions {_versions(url, project)}")
+    raise StepError(f"{step}: version {name} did not appear; versions {_versions(url, project, auth)}")
 
 
 def stop_all(procs: list[subprocess.Popen], tmp: Path) -> None:  # type: ignore[type-arg]

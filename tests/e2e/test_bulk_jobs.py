@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import requests
 
+from cliplabel.services.bulk.service import IN_FLIGHT
 from tests import synthetic
 from tests.e2e import labelstudio
 from tests.e2e.cliplabel_procs import ROOT, _label_of, _upload, _versions, _wait_version, backend_env, start_backend, stop_all
@@ -87,7 +88,9 @@ def test_bulk_job_then_rescore_and_report(mode: str, ls_ready, tiny_model_dir, r
         if not partial:
             raise StepError(f"2 bulk job: no progress with an ETA seen among {len(seen)} polls")
         correct = sum(p["result"][0]["value"]["choices"][0] == _label_of(t)
-                      for t in tasks for p in preds if p["task"] == t["id"])
+                      for t in tasks for p in preds if p["task"] == t["id"] and p["model_version"] == r0)
+        if correct != N_TASKS:
+            raise StepError(f"2 bulk job: {correct}/{N_TASKS} choices correct, expected all")
         print(f"\n[{mode}] bulk job: {N_TASKS} tasks by workers {final['workers']} at {final['rate_tasks_per_s']} tasks/s, "
               f"{correct}/{N_TASKS} correct; a poll midway: {partial[0]['done']}/{partial[0]['total']} "
               f"eta {partial[0]['eta_s']} s")
@@ -187,15 +190,32 @@ def test_an_embedded_job_survives_a_killed_server_and_a_job_can_be_cancelled(ls_
         print(f"\nkilled with {before} predictions stored; the restarted server finished the job: {final['predicted']} "
               f"predicted by {final['workers']}")
 
-        # cancelling: the job stops after the chunk in progress, and stays cancelled
-        other = project_with(120, "cancelled")
-        job = requests.post(f"{url}/jobs", json={"project": other, "chunk_size": 4}, timeout=10).json()
+        # cancelling midway: once progress is seen, the job stops within the chunks in progress (the embedded runner
+        # keeps IN_FLIGHT chunks going: one talks to Label Studio while the other encodes) and stays cancelled
+        chunk = 4
+        bound = IN_FLIGHT * chunk
+        other = project_with(240, "cancelled")
+        job = requests.post(f"{url}/jobs", json={"project": other, "chunk_size": chunk}, timeout=10).json()
+        deadline = time.monotonic() + 120
+        while requests.get(f"{url}/jobs/{job['job_id']}", timeout=5).json()["done"] < 2 * chunk:
+            if time.monotonic() > deadline:
+                raise StepError("3 cancel: the job made no progress")
+            time.sleep(0.02)
         cancelled = requests.delete(f"{url}/jobs/{job['job_id']}", timeout=10).json()
-        time.sleep(2.0)
+        at_cancel = cancelled["done"]
+        time.sleep(3.0)
         status = requests.get(f"{url}/jobs/{job['job_id']}", timeout=5).json()
         stored = len(ls.api("GET", f"/api/predictions?project={other}", "3 count"))
-        if cancelled["state"] != "cancelled" or status["state"] != "cancelled" or stored > 8 or status["done"] > 8:
-            raise StepError(f"3 cancel: {stored} predictions stored; status {status}")
+        time.sleep(1.0)
+        later = len(ls.api("GET", f"/api/predictions?project={other}", "3 count"))
+        midway = 2 * chunk <= at_cancel < 240 - 2 * chunk
+        if (cancelled["state"] != "cancelled" or status["state"] != "cancelled" or not midway
+                or not at_cancel <= stored <= at_cancel + bound or status["done"] > at_cancel + bound
+                or later != stored):
+            raise StepError(f"3 cancel: cancelled at {at_cancel} done, then {stored} then {later} predictions "
+                            f"stored; status {status}")
+        print(f"cancelled midway at {at_cancel}/240 tasks: {stored} predictions stored (at most the {IN_FLIGHT} "
+              f"chunks of {chunk} in flight, {bound} more), none after")
     finally:
         try:
             stop_all(procs, tmp_path)

@@ -44,7 +44,9 @@ class ScriptedSession(requests.Session):
 def make_client(handler: Handler, token: str = "0123abcd") -> tuple[LabelStudioClient, ScriptedSession]:
     session = ScriptedSession(handler)
     auth = LabelStudioAuth("http://ls.test/", token, session, 5.0)
-    return LabelStudioClient.with_auth(auth, session, 5.0), session
+    client = LabelStudioClient.with_auth(auth, session, 5.0)
+    client.retry_delays_s = ()  # retries have their own tests (test_client_retries.py); these answer at once
+    return client, session
 
 
 def _pred(version: str) -> TaskPrediction:

@@ -108,3 +108,40 @@ def test_a_refused_jpeg_fails_its_batch_with_the_runtime_error_and_the_queue_goe
         assert batcher.encode_jpegs([b"\x02"])[0, 0] == 2
     finally:
         batcher.close()
+
+
+def test_the_default_wait_of_zero_adds_no_latency_and_still_batches_what_queued_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cliplabel.core.settings import Settings
+
+    assert Settings(model="local-dir:tiny", data_dir=tmp_path).microbatch_wait_ms == 0.0
+
+    def lone_latency_s(batcher: MicroBatcher) -> float:
+        times = []
+        for v in range(5):
+            started = time.perf_counter()
+            batcher.encode_images(_images([v]))
+            times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    default, waiting = MicroBatcher(_RecordingEncoder(), max_batch=8), MicroBatcher(_RecordingEncoder(), 8, wait_ms=200)  # type: ignore[arg-type]
+    try:
+        # a lone request goes at once; with a wait it sits out the wait (so this test can tell them apart)
+        assert lone_latency_s(default) < 0.05
+        assert lone_latency_s(waiting) >= 0.18
+    finally:
+        default.close()
+        waiting.close()
+    enc = _RecordingEncoder(delay_s=0.3)
+    batcher = MicroBatcher(enc, max_batch=8)  # type: ignore[arg-type]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            first = pool.submit(batcher.encode_images, _images([1]))
+            enc.started.wait(5)
+            later = [pool.submit(batcher.encode_images, _images([v])) for v in range(2, 7)]
+            time.sleep(0.1)  # all five queued while the first pass runs
+            got = [f.result(5)[0, 0] for f in later]
+            first.result(5)
+        # without any added wait, the five that queued up during the first pass share the second
+        assert enc.calls == [("images", 1), ("images", 5)] and got == [2, 3, 4, 5, 6]
+    finally:
+        batcher.close()

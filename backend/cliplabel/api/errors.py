@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cliplabel.core.errors import CliplabelError
+from cliplabel.core.errors import CliplabelError, ModelWarmingError
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,8 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CliplabelError)
     async def _domain(_: Request, exc: CliplabelError) -> JSONResponse:
+        if isinstance(exc, ModelWarmingError):  # expected while a large label set's prompts encode: no error log
+            return error_response(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after_s)})
         if exc.status >= 500:
             logger.error("%s: %s", exc.code, exc.detail)
         return error_response(exc.status, exc.code, exc.detail)

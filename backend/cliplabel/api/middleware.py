@@ -63,18 +63,31 @@ def _replay(messages: list[Message], then: Receive) -> Receive:
     return receive
 
 
+# Label Studio 1.23 creates the project's `<backend>/webhook` itself when the backend is connected, and sends its
+# annotation events there without the backend's basic-auth header. So `POST /webhook` is let through without it,
+# marked unauthenticated (`request.state.authenticated`): the route then takes only annotation events, and the worker
+# confirms each against Label Studio's API before it teaches anything (`services/feedback/confirm.py`).
+OPEN_PATHS = (("POST", "/webhook"),)
+
+
 class BasicAuthMiddleware:
-    """HTTP basic auth on every path when `BASIC_AUTH_USER`/`BASIC_AUTH_PASS` are set."""
+    """HTTP basic auth on every path when `BASIC_AUTH_USER`/`BASIC_AUTH_PASS` are set, except `OPEN_PATHS`, which
+    pass either way with `scope["state"]["authenticated"]` saying whether the credentials were right."""
 
     def __init__(self, app: ASGIApp, user: str, password: str) -> None:
         self.app = app
         self._expected = (user.encode(), password.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._authorized(dict(scope["headers"]).get(b"authorization", b"")):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        authorized = self._authorized(dict(scope["headers"]).get(b"authorization", b""))
+        if not authorized and (scope.get("method"), scope.get("path")) not in OPEN_PATHS:
             await error_response(401, "unauthorized", "this backend requires HTTP basic auth",
                                   {"WWW-Authenticate": 'Basic realm="cliplabel"'})(scope, receive, send)
             return
+        scope.setdefault("state", {})["authenticated"] = authorized
         await self.app(scope, receive, send)
 
     def _authorized(self, header: bytes) -> bool:

@@ -14,7 +14,8 @@ from fastapi import Path as PathParam
 
 from cliplabel.api.schemas import JOB_ID_PATTERN, JobRequest, PredictRequest, SetupRequest, WebhookRequest
 from cliplabel.container import Services
-from cliplabel.core.errors import InvalidRequestError
+from cliplabel.core.errors import InvalidRequestError, UnauthorizedError
+from cliplabel.labelstudio import format as ls_format
 
 router = APIRouter()
 
@@ -44,6 +45,11 @@ def predict(body: PredictRequest, request: Request) -> dict[str, Any]:
 
 @router.post("/webhook")
 def webhook(body: WebhookRequest, request: Request) -> dict[str, Any]:
+    # Without basic-auth credentials (see `middleware.OPEN_PATHS`) only annotation events are taken, and those are
+    # confirmed against Label Studio's API before they teach; training on demand needs the credentials.
+    authenticated = request.scope.get("state", {}).get("authenticated", True)  # no middleware: no basic auth
+    if not authenticated and body.action not in ls_format.CONFIRMABLE_ACTIONS:
+        raise UnauthorizedError(f"{body.action} needs HTTP basic auth")
     return _services(request).webhook(body.action, body.model_dump())
 
 

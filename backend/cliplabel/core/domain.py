@@ -261,6 +261,9 @@ class AnnotationEvent:
     task_data: dict[str, object] = field(repr=False)
     regions: tuple[AnnotatedRegion, ...]
     cancelled: bool = False
+    # True when this is what Label Studio's API stores (its export, or the annotation fetched by id), not what a
+    # webhook's body claims.
+    confirmed: bool = False
 
 
 @dataclass(frozen=True)

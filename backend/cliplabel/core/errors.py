@@ -57,6 +57,21 @@ class ImageNotAllowedError(ImageFetchError):
     status = 403
 
 
+class TransientError(CliplabelError):
+    """A dependency failed for now (no answer, a 5xx, a timeout): the work is retried later, never dropped."""
+
+    code = "temporarily_unavailable"
+    status = 503
+
+
+class AnnotationNotConfirmedError(CliplabelError):
+    """Label Studio does not confirm a webhook's annotation (missing, or of another task or project): the event is
+    forged or stale and teaches nothing."""
+
+    code = "annotation_not_confirmed"
+    status = 422
+
+
 class StoreUnavailableError(CliplabelError):
     code = "store_unavailable"
     status = 503
@@ -77,6 +92,12 @@ class LabelStudioError(CliplabelError):
         self.upstream_status = upstream_status
 
 
+class LabelStudioUnavailableError(LabelStudioError, TransientError):
+    """Label Studio did not answer, or answered a server error: try again later."""
+
+    code = "label_studio_unavailable"
+
+
 class LabelStudioAuthError(LabelStudioError):
     """Label Studio refused our personal access token, or did not answer its refresh."""
 
@@ -84,8 +105,26 @@ class LabelStudioAuthError(LabelStudioError):
 
 
 
+class UnauthorizedError(CliplabelError):
+    """The request needs HTTP basic auth and came without it."""
+
+    code = "unauthorized"
+    status = 401
+
+
 class NotFoundError(CliplabelError):
     """The client asked for something that does not exist (a bulk job id)."""
 
     code = "not_found"
     status = 404
+
+
+class ModelWarmingError(TransientError):
+    """A label set's class vectors are still being computed: the client asks again after `retry_after_s`."""
+
+    code = "model_warming"
+
+    def __init__(self, detail: str, progress: float, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.progress = progress
+        self.retry_after_s = retry_after_s

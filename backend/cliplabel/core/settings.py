@@ -30,6 +30,7 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_BATCH_SIZE": "batch_size",
     "CLIPLABEL_FETCH_WORKERS": "fetch_workers",
     "CLIPLABEL_TORCH_THREADS": "torch_threads",
+    "CLIPLABEL_RUNTIME": "runtime",
     "CLIPLABEL_MICROBATCH": "microbatch",
     "CLIPLABEL_DECODE": "decode",
     "CLIPLABEL_MICROBATCH_WAIT_MS": "microbatch_wait_ms",
@@ -40,6 +41,7 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_BOX_CONTEXT": "box_context",
     "CLIPLABEL_BACKGROUND_PROMPTS": "background_prompts_file",
     "CLIPLABEL_RETRAIN_EVERY": "retrain_every",
+    "CLIPLABEL_EVENT_LEASE_S": "event_lease_s",
     "CLIPLABEL_RESCORE_AFTER_TRAIN": "rescore_after_train",
     "CLIPLABEL_ALLOWED_HOSTS": "allowed_hosts",
     "CLIPLABEL_LOCAL_FILES_ROOT": "local_files_root",
@@ -75,6 +77,9 @@ class Settings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=4096)
     fetch_workers: int = Field(default=8, ge=1, le=256)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
+    # What runs the encoder's forward passes: `auto` is ONNX Runtime on the CPU, torch on CUDA. The default stays torch
+    # until ONNX Runtime's gain is clear here (bench/bench_runtime.py; bench/RESULTS.md).
+    runtime: Literal["auto", "torch", "onnx"] = "torch"
     microbatch: bool = True
     decode: Literal["auto", "cpu", "device"] = "auto"
     microbatch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
@@ -85,6 +90,8 @@ class Settings(BaseModel):
     box_context: bool = True
     background_prompts_file: Path | None = None
     retrain_every: int = Field(default=10, ge=1, le=1_000_000)
+    # How long a worker holds a project's feedback events without renewing: a dead worker's are reclaimed after it.
+    event_lease_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     rescore_after_train: bool = False
     allowed_hosts: tuple[str, ...] = ()
     local_files_root: Path | None = None
@@ -134,6 +141,11 @@ class Settings(BaseModel):
         if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
             raise ValueError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         return self
+
+    @property
+    def onnx_cache_dir(self) -> Path:
+        """Where the encoder's ONNX exports are cached (one set per encoder id)."""
+        return self.data_dir / "onnx"
 
     @property
     def basic_auth_enabled(self) -> bool:

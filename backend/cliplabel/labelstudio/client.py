@@ -5,22 +5,35 @@ errors are `LabelStudioError`s whose `upstream_status` says what Label Studio an
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import requests
 
-from cliplabel.core.domain import ProjectState, ProjectTask, StoredPrediction, TaskPrediction
-from cliplabel.core.errors import InvalidRequestError, LabelStudioError
+from cliplabel.core.domain import AnnotationEvent, ProjectState, ProjectTask, StoredPrediction, TaskPrediction
+from cliplabel.core.errors import InvalidRequestError, LabelStudioAuthError, LabelStudioError
 from cliplabel.labelstudio import format as ls_format
 from cliplabel.labelstudio.auth import LabelStudioAuth
 
+logger = logging.getLogger(__name__)
 PAGE_SIZE = 100
+# Waits before the retries of an idempotent request (a GET) that got no answer, a 5xx, a 408 or a 429.
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 # Label Studio before 1.14 lacks the bulk import endpoint: it answers one of these, and we store one by one.
 NO_BULK_IMPORT = (404, 405)
 
 
+def is_transient(exc: LabelStudioError) -> bool:
+    """True when the same request may succeed later: no answer (a timeout, a refused connection), or an answer that
+    says "not now" (5xx, 408, 429). A 4xx otherwise is permanent."""
+    return exc.upstream_status is None or exc.upstream_status >= 500 or exc.upstream_status in (408, 429)
+
+
 class LabelStudioClient:
+    retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S
+
     def __init__(self, base_url: str, token: str, timeout_s: float = 60.0) -> None:
         self.session = requests.Session()
         self.session.trust_env = False
@@ -36,6 +49,19 @@ class LabelStudioClient:
         return client
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
+        """One request; a GET (idempotent) is retried with backoff on a transient failure, anything else is not."""
+        delays = self.retry_delays_s if method == "GET" else ()
+        for delay in delays:
+            try:
+                return self._call_once(method, path, **kw)
+            except LabelStudioError as exc:
+                if isinstance(exc, LabelStudioAuthError) or not is_transient(exc):
+                    raise
+                logger.info("Label Studio %s %s: %s; retrying in %.1fs", method, path, exc.detail, delay)
+                time.sleep(delay)
+        return self._call_once(method, path, **kw)
+
+    def _call_once(self, method: str, path: str, **kw: Any) -> Any:
         try:
             resp = self.session.request(method, f"{self.base_url}{path}", timeout=self.timeout_s,
                                         headers={"Authorization": self.auth.header()}, **kw)
@@ -113,6 +139,31 @@ class LabelStudioClient:
                 raise
             for payload in payloads:
                 self._call("POST", "/api/predictions", json=payload)
+
+    def annotation(self, annotation_id: int) -> AnnotationEvent | None:
+        """The annotation as Label Studio stores it (its task and project ids, its result; no task data); None when
+        Label Studio has no such annotation (404: deleted, or never made).
+
+        Raises:
+            LabelStudioError: any other failure; InvalidRequestError: an answer without task or project.
+        """
+        try:
+            body = self._call("GET", f"/api/annotations/{annotation_id}")
+        except LabelStudioError as exc:
+            if exc.upstream_status == 404:
+                return None
+            raise
+        return ls_format.stored_annotation(body)
+
+    def task(self, project_id: int, task_id: int) -> ProjectTask | None:
+        """One task of a project, its data as stored (storage URIs unresolved, like `/predict` gets them); None when
+        the project has no such task. Listed through the data manager, which (unlike `GET /api/tasks/{id}`) never
+        asks the ML backend for a prediction."""
+        query = json.dumps({"selectedItems": {"all": False, "included": [task_id]}})
+        body = self._call("GET", "/api/tasks", params={"project": project_id, "query": query, "resolve_uri": "false",
+                                                       "page_size": 1})
+        found = (ls_format.project_task(t) for t in ls_format.listed_tasks(body))
+        return next((t for t in found if t is not None and t.task_id == task_id), None)
 
 
 class ProjectClients:

@@ -156,6 +156,9 @@ def drawn_regions(params: object) -> list[DrawnRegion]:
 START_TRAINING = "START_TRAINING"
 ANNOTATIONS_DELETED = "ANNOTATIONS_DELETED"
 LEARNED_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", ANNOTATIONS_DELETED, START_TRAINING)
+# The actions whose annotations are checked against Label Studio's API before they count: the only ones `/webhook`
+# takes from a sender without the basic-auth credentials.
+CONFIRMABLE_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", ANNOTATIONS_DELETED)
 
 
 def annotated_regions(result: object) -> tuple[AnnotatedRegion, ...]:
@@ -192,8 +195,11 @@ def scored_labels(result: object) -> list[tuple[str, str, float | None]]:
     return out
 
 
-def annotation_event(annotation: object, task: object, project: object) -> AnnotationEvent:
+def annotation_event(annotation: object, task: object, project: object, confirmed: bool = False) -> AnnotationEvent:
     """An annotation from a webhook payload (or an export's task) as a domain event.
+
+    Args:
+        confirmed: the annotation comes from Label Studio's API (an export), not from a webhook's body.
 
     Raises:
         InvalidRequestError: no annotation id, or no project.
@@ -207,7 +213,22 @@ def annotation_event(annotation: object, task: object, project: object) -> Annot
     tid = task_id(task_obj) if task_obj else (annotation.get("task") if isinstance(annotation.get("task"), int) else None)
     return AnnotationEvent(project_id=pid, annotation_id=int(annotation["id"]), task_id=tid, task_data=dict(data),
                            regions=annotated_regions(annotation.get("result")),
-                           cancelled=bool(annotation.get("was_cancelled", False)))
+                           cancelled=bool(annotation.get("was_cancelled", False)), confirmed=confirmed)
+
+
+def stored_annotation(body: object) -> AnnotationEvent:
+    """`GET /api/annotations/{id}`: the annotation as Label Studio stores it, with its `task` and `project` ids (the
+    task's data is not part of it: `task_data` is empty until the task is fetched).
+
+    Raises:
+        InvalidRequestError: no integer id, task or project.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("task"), int) or isinstance(body.get("task"), bool):
+        raise InvalidRequestError("Label Studio's annotation has no task id")
+    project = body.get("project")
+    if not isinstance(project, int) or isinstance(project, bool):
+        raise InvalidRequestError("Label Studio's annotation has no project id")
+    return annotation_event(body, None, project, confirmed=True)
 
 
 def deleted_annotation_ids(payload: dict[str, Any]) -> list[int]:
@@ -245,7 +266,7 @@ def exported_events(tasks: Iterable[object], project: object) -> list[Annotation
         annotations = task.get("annotations") if isinstance(task, dict) else None
         for annotation in annotations if isinstance(annotations, list) else []:
             try:
-                out.append(annotation_event(annotation, task, project))
+                out.append(annotation_event(annotation, task, project, confirmed=True))
             except InvalidRequestError as exc:
                 out.append(exc)
     return out

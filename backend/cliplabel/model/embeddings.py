@@ -5,16 +5,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from cliplabel.core.domain import Encoder, PromptEnsemble
-from cliplabel.core.errors import ImageFetchError
+from cliplabel.core.errors import ImageFetchError, ModelWarmingError
 from cliplabel.core.lru import LruCache
 from cliplabel.core.metrics import Metrics
-from cliplabel.store import Store
+from cliplabel.store import Store, matrix
 from cliplabel.vision import images, prompts
 
 logger = logging.getLogger(__name__)
@@ -25,6 +28,32 @@ CROP_NS = "crop"
 # at D = 1280), and the (K, D) vectors of a label set's ensembles, a few per control of each active project.
 MAX_MEMO_TEXTS = 8192
 MAX_MEMO_ENSEMBLES = 256
+# Prompts encoded per step of a label set's warm-up (the progress `warming` reports moves by this much).
+WARM_CHUNK = 256
+WARM_CHUNK_GUESS_S = 5.0  # Retry-After before the first chunk is done
+MAX_RETRY_AFTER_S = 30.0
+
+
+@dataclass(eq=False)
+class _Warming:
+    """One label set's prompt vectors being computed."""
+
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    future: Future[np.ndarray] = field(default_factory=Future)
+
+    def as_json(self) -> dict[str, float]:
+        return {"prompts_done": self.done, "prompts_total": self.total,
+                "running_s": round(time.monotonic() - self.started, 1)}
+
+    def not_ready(self) -> ModelWarmingError:
+        elapsed = time.monotonic() - self.started
+        left_s = elapsed / self.done * (self.total - self.done) if self.done else elapsed + WARM_CHUNK_GUESS_S
+        retry_after_s = int(min(MAX_RETRY_AFTER_S, max(1.0, left_s)))
+        progress = self.done / self.total if self.total else 1.0
+        return ModelWarmingError(f"class vectors are being computed: {self.done:,} of {self.total:,} prompts encoded "
+                                 f"({progress:.0%}); retry in {retry_after_s} s", progress, retry_after_s)
 
 
 def content_hash(data: bytes) -> str:
@@ -55,8 +84,8 @@ class EmbeddingService:
         # Prompt vectors never change for a given encoder, so a process-local copy cannot go stale.
         self._text_memo: LruCache[str, np.ndarray] = LruCache(MAX_MEMO_TEXTS)
         self._ensembles: LruCache[str, np.ndarray] = LruCache(MAX_MEMO_ENSEMBLES)
-        # Evicting a lock in use only lets a second caller compute the same vectors once more.
-        self._ensemble_locks: LruCache[str, threading.Lock] = LruCache(MAX_MEMO_ENSEMBLES)
+        self._warming: dict[str, _Warming] = {}  # ensemble key → its computation in progress
+        self._warming_lock = threading.Lock()
 
     @property
     def encoder_id(self) -> str:
@@ -94,20 +123,54 @@ class EmbeddingService:
                 self._text_memo.put(t, out[t])
         return out
 
-    def ensemble_vectors(self, ensembles: Sequence[PromptEnsemble]) -> np.ndarray:
+    def ensemble_vectors(self, ensembles: Sequence[PromptEnsemble], wait_s: float | None = None) -> np.ndarray:
         """(K, D) weighted prompt-ensemble vectors, computed once per distinct set of ensembles.
 
-        Concurrent callers for the same set (the /setup warm-up and a first /predict) wait for one computation
-        instead of each encoding the same prompts.
+        The computation runs on its own thread, in chunks whose progress `warming` reports; concurrent callers for
+        the same set (the /setup warm-up and a first /predict) wait for that one computation.
+
+        Args:
+            wait_s: how long to wait for a computation in progress (None: until it is done).
+
+        Raises:
+            ModelWarmingError: not done within `wait_s`; the computation goes on, a later call finds its result.
         """
         key = hashlib.sha256(repr([(e.prompts, e.weights) for e in ensembles]).encode()).hexdigest()
-        with self._ensemble_locks.get_or_put(key, threading.Lock):
-            cached = self._ensembles.get(key)
-            if cached is None:
-                emb = self.texts([p for e in ensembles for p in e.prompts])
-                cached = prompts.class_vectors(ensembles, emb)
-                self._ensembles.put(key, cached)
+        cached = self._ensembles.get(key)
+        if cached is not None:
             return cached
+        with self._warming_lock:
+            warming = self._warming.get(key)
+            if warming is None:
+                warming = _Warming(total=len({p for e in ensembles for p in e.prompts}))
+                self._warming[key] = warming
+                threading.Thread(target=self._warm, args=(key, list(ensembles), warming), daemon=True,
+                                 name="cliplabel-warm").start()
+        try:
+            return warming.future.result(timeout=wait_s)
+        except FutureTimeout:
+            raise warming.not_ready() from None
+
+    def warming(self) -> list[dict[str, float]]:
+        """Prompt-vector computations in progress: prompts done and in all, seconds running."""
+        with self._warming_lock:
+            return [w.as_json() for w in self._warming.values()]
+
+    def _warm(self, key: str, ensembles: list[PromptEnsemble], warming: _Warming) -> None:
+        try:
+            wanted = list(dict.fromkeys(p for e in ensembles for p in e.prompts))
+            emb: dict[str, np.ndarray] = {}
+            for i in range(0, len(wanted), WARM_CHUNK):
+                emb.update(self.texts(wanted[i:i + WARM_CHUNK]))
+                warming.done = len(emb)
+            vecs = prompts.class_vectors(ensembles, emb)
+            self._ensembles.put(key, vecs)
+            warming.future.set_result(vecs)
+        except BaseException as exc:  # handed to every waiting caller (a CliplabelError becomes their HTTP answer)
+            warming.future.set_exception(exc)
+        finally:
+            with self._warming_lock:
+                self._warming.pop(key, None)
 
     def images(self, blobs: Sequence[bytes]) -> list[np.ndarray | ImageFetchError]:
         """One (D,) embedding per image, or the decode error for that image; cached by content hash."""
@@ -154,6 +217,20 @@ class EmbeddingService:
     def cached_images(self, hashes: Sequence[str]) -> list[np.ndarray | None]:
         """Image embeddings by content hash, from the cache only (None where an image was never encoded)."""
         return self.store.get_vectors(IMAGE_NS, self.encoder.encoder_id, list(hashes)) if hashes else []
+
+    def remember_group(self, group: str, hashes: Sequence[str], emb: np.ndarray, dtype: str = "float16") -> None:
+        """Appends image embeddings to a group's bulk matrix (e.g. a project's), read back by `group_matrix`.
+
+        Args:
+            hashes: content hashes of the images, one per row of `emb` (N, D) float32.
+            dtype: stored precision; float16 halves memory and disk (bench/bench_matrix.py measures its cost).
+        """
+        if len(hashes):
+            self.store.append_matrix(IMAGE_NS, self.encoder.encoder_id, group, matrix.pack_segment(hashes, emb, dtype))
+
+    def group_matrix(self, group: str) -> matrix.EmbeddingMatrix:
+        """A group's image embeddings as one (N, D) matrix with its hash → row index, in one store read."""
+        return self.store.get_matrix(IMAGE_NS, self.encoder.encoder_id, group)
 
     def crops(self, jobs: Sequence[tuple[str, str, Callable[[], np.ndarray]]]) -> list[np.ndarray]:
         """Cached crop embeddings, encoded in full batches across every job of the call.

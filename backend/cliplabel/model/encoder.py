@@ -1,7 +1,11 @@
-"""The CLIP encoder: the only module that imports torch and open_clip.
+"""The CLIP encoder: the only module that imports torch, open_clip and onnxruntime.
 
 Loads any open_clip model once per process (a pretrained tag, `hf-hub:org/repo`, `local-dir:/path`, or a checkpoint
 file as `pretrained`) and encodes batches of prepared uint8 images and of texts into L2-normalised float32 vectors.
+
+On the CPU the towers can run in ONNX Runtime instead of torch (`runtime="onnx"`): the loaded model's image and text
+towers are exported once per encoder id into a cache directory, checked on every load (file digests, export format,
+and a probe batch that must match torch's embeddings), and rebuilt when the check fails.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import logging
 import re
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
+import onnxruntime as ort
 import open_clip
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -24,11 +30,22 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from cliplabel.core.domain import ResizeMode
 from cliplabel.core.errors import SettingsError
+from cliplabel.model.files import file_digest, weights_identity, write_atomic
 
 logger = logging.getLogger(__name__)
 _TEXT_BATCH = 256
 # CLIP's `logit_scale` is clamped to ln(100) in training: the temperature of models that do not learn one.
 _DEFAULT_LOGIT_SCALE = 100.0
+Runtime = Literal["auto", "torch", "onnx"]
+# Bump when the exported graphs change: exports of an older format are then stale and rebuilt.
+_EXPORT_FORMAT = 1
+_OPSET = 17
+# An export whose probe embeddings are further than this from torch's (cosine) is never used.
+_PROBE_MIN_COSINE = 0.9999
+# What ONNX Runtime raises for a file it cannot load or run (each derives from Exception alone).
+_ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name) for name in  # type: ignore[attr-defined]
+    ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "RuntimeException"))
 
 
 def resolve_device(requested: str) -> str:
@@ -42,27 +59,6 @@ def resolve_device(requested: str) -> str:
     if requested == "cuda" and not torch.cuda.is_available():
         raise SettingsError("CLIPLABEL_DEVICE=cuda, but torch sees no CUDA device")
     return requested
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _weights_identity(model_name: str, pretrained: str | None) -> tuple[str, str]:
-    """(readable slug, content identity) of the weights, without loading them."""
-    if model_name.startswith("local-dir:"):
-        directory = Path(model_name[len("local-dir:"):])
-        files = sorted(p for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pth", ".json"))
-        digest = hashlib.sha256("".join(f"{p.name}:{_file_digest(p)}" for p in files).encode()).hexdigest()
-        return directory.name or "local", digest
-    if pretrained and Path(pretrained).is_file():
-        return f"{model_name}-{Path(pretrained).stem}", _file_digest(Path(pretrained))
-    slug = model_name.removeprefix("hf-hub:").replace("/", "-")
-    return (f"{slug}-{pretrained}" if pretrained else slug), f"{model_name}|{pretrained}"
 
 
 def _learned_temperature(model: Any) -> float:
@@ -81,9 +77,11 @@ class ClipEncoder:
 
     def __init__(self, model: Any, tokenizer: Any, device: str, encoder_id: str, slug: str,
                  image_size: int, mean: tuple[float, ...], std: tuple[float, ...], resize_mode: ResizeMode,
-                 input_dtype: torch.dtype = torch.float32) -> None:
-        # `model` is an open_clip CLIP (typed Any: nn.Module's __getattr__ hides its methods from mypy).
-        self._model = model
+                 input_dtype: torch.dtype = torch.float32, towers: OnnxTowers | None = None) -> None:
+        # `model` is an open_clip CLIP (typed Any: nn.Module's __getattr__ hides its methods from mypy). With ONNX
+        # towers it is not kept (the towers hold their own copy of the weights and do every forward pass).
+        self._model: Any = None if towers is not None else model
+        self._towers = towers
         self._tokenizer = tokenizer
         self._device = torch.device(device)
         # The image tower's input dtype is the precision the weights were loaded in. No parameter says it: open_clip's
@@ -129,12 +127,20 @@ class ClipEncoder:
     def embed_dim(self) -> int:
         return self._embed_dim
 
+    @property
+    def runtime(self) -> str:
+        """`onnx` or `torch`: what runs the forward passes."""
+        return "onnx" if self._towers is not None else "torch"
+
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
         if images_u8.ndim != 4 or images_u8.shape[1:] != (self._image_size, self._image_size, 3):
             raise ValueError(f"expected (N, {self._image_size}, {self._image_size}, 3) uint8, got {images_u8.shape}")
         if len(images_u8) == 0:
             return np.zeros((0, self.embed_dim), np.float32)
+        if self._towers is not None:
+            with self._lock:
+                return self._towers.images(np.ascontiguousarray(images_u8, dtype=np.uint8))
         x = torch.from_numpy(np.ascontiguousarray(images_u8))
         if self._device.type == "cuda":
             x = x.pin_memory().to(self._device, non_blocking=True)
@@ -167,6 +173,10 @@ class ClipEncoder:
 
     def _encode_nchw(self, x: torch.Tensor) -> np.ndarray:
         """(N, 3, S, S) uint8 on the model's device → (N, D) float32, L2-normalised."""
+        if self._towers is not None:
+            nhwc = np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
+            with self._lock:
+                return self._towers.images(nhwc)
         x = x.to(self._dtype).div_(255.0)
         x = (x - self._mean.to(self._dtype)) / self._std.to(self._dtype)
         if self._channels_last:
@@ -183,9 +193,162 @@ class ClipEncoder:
                                for i in range(0, len(texts), _TEXT_BATCH)])
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
-        tokens = self._tokenizer(texts).to(self._device)
+        tokens = self._tokenizer(texts)
+        if self._towers is not None:
+            with self._lock:
+                return self._towers.texts(tokens.numpy().astype(np.int64, copy=False))
+        tokens = tokens.to(self._device)
         with self._lock, torch.inference_mode():
             return self._model.encode_text(tokens, normalize=True).float().cpu().numpy()
+
+
+class OnnxTowers:
+    """A CLIP's image and text towers as ONNX Runtime sessions on the CPU (input preprocessing inside the graph)."""
+
+    def __init__(self, image: ort.InferenceSession, text: ort.InferenceSession) -> None:
+        self._image = image
+        self._text = text
+
+    def images(self, images_u8: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
+        return np.asarray(self._image.run(None, {"images_u8": images_u8})[0], dtype=np.float32)
+
+    def texts(self, tokens: np.ndarray) -> np.ndarray:
+        """(N, L) int64 token ids → (N, D) float32, L2-normalised."""
+        return np.asarray(self._text.run(None, {"tokens": tokens})[0], dtype=np.float32)
+
+
+class _ImageGraph(torch.nn.Module):
+    """uint8 NHWC pixels → normalised embeddings: the preprocessing of `ClipEncoder._encode_nchw`, then the tower."""
+
+    def __init__(self, model: Any, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = images_u8.permute(0, 3, 1, 2).float().div(255.0)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return self.model.encode_image((x - mean) / std, normalize=True)
+
+
+class _TextGraph(torch.nn.Module):
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=True)
+
+
+def _export_paths(cache_dir: Path, encoder_id: str) -> tuple[Path, Path, Path]:
+    return (cache_dir / f"{encoder_id}-image.onnx", cache_dir / f"{encoder_id}-text.onnx",
+            cache_dir / f"{encoder_id}-manifest.json")
+
+
+def _expected_manifest(encoder_id: str) -> dict[str, object]:
+    return {"format": _EXPORT_FORMAT, "encoder_id": encoder_id, "opset": _OPSET, "torch": torch.__version__,
+            "open_clip": open_clip.__version__}
+
+
+def _valid_export(cache_dir: Path, encoder_id: str) -> bool:
+    """Whether the cached export exists, is of this encoder and export format, and has the bytes it was written with."""
+    image_path, text_path, manifest_path = _export_paths(cache_dir, encoder_id)
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or manifest.get("identity") != _expected_manifest(encoder_id):
+        logger.info("onnx export of encoder_id=%s is stale; rebuilding it", encoder_id)
+        return False
+    try:
+        digests = {p.name: file_digest(p) for p in (image_path, text_path)}
+    except OSError:
+        return False
+    if manifest.get("sha256") != digests:
+        logger.warning("onnx export of encoder_id=%s does not match its manifest (corrupt); rebuilding it", encoder_id)
+        return False
+    return True
+
+
+def _export(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_size: int,
+            mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Exports both towers (batch axis dynamic), then writes the manifest naming their digests."""
+    started = time.perf_counter()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    image_path, text_path, manifest_path = _export_paths(cache_dir, encoder_id)
+    images = torch.zeros((2, image_size, image_size, 3), dtype=torch.uint8)
+    tokens = tokenizer(["a photo.", "a photo of a thing."])
+    graphs = [(_ImageGraph(model, mean, std), images, "images_u8", image_path),
+              (_TextGraph(model), tokens, "tokens", text_path)]
+    for graph, example, name, path in graphs:
+        def write(tmp: Path, graph: torch.nn.Module = graph, example: torch.Tensor = example, name: str = name) -> None:
+            # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for these graphs. Grad mode
+            # stays on: without it nn.MultiheadAttention takes a fused fast path that has no ONNX export.
+            with warnings.catch_warnings(), torch.inference_mode(False):
+                warnings.simplefilter("ignore")
+                torch.onnx.export(graph.eval(), (example,), str(tmp), opset_version=_OPSET, input_names=[name],
+                                  output_names=["emb"], dynamic_axes={name: {0: "n"}, "emb": {0: "n"}}, dynamo=False)
+        write_atomic(path, write)
+    manifest = {"identity": _expected_manifest(encoder_id),
+                "sha256": {p.name: file_digest(p) for p in (image_path, text_path)}}
+    write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    logger.info("exported encoder_id=%s to onnx in %.1fs", encoder_id, time.perf_counter() - started)
+
+
+def _sessions(cache_dir: Path, encoder_id: str, threads: int) -> OnnxTowers:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # No busy-waiting between ops: the backend shares its CPUs with Label Studio and its own fetch threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    image_path, text_path, _ = _export_paths(cache_dir, encoder_id)
+    providers = ["CPUExecutionProvider"]
+    return OnnxTowers(ort.InferenceSession(str(image_path), options, providers=providers),
+                      ort.InferenceSession(str(text_path), options, providers=providers))
+
+
+def _probe_cosine(towers: OnnxTowers, model: Any, tokenizer: Any, image_size: int,
+                  mean: tuple[float, ...], std: tuple[float, ...]) -> float:
+    """The lowest cosine between the towers' and torch's embeddings of a fixed probe batch (images and texts)."""
+    images = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3), dtype=np.uint8)
+    tokens = tokenizer(["a photo of a cat.", "a drawing of a red square."])
+    with torch.inference_mode():
+        want_img = _ImageGraph(model, mean, std).eval()(torch.from_numpy(images)).float().numpy()
+        want_txt = model.encode_text(tokens, normalize=True).float().numpy()
+    got = np.concatenate([towers.images(images), towers.texts(tokens.numpy())])
+    want = np.concatenate([want_img, want_txt])
+    return float(np.min(np.sum(got * want, axis=1)))
+
+
+def onnx_towers(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_size: int,
+                mean: tuple[float, ...], std: tuple[float, ...], threads: int) -> OnnxTowers:
+    """The model's towers in ONNX Runtime, exported into `cache_dir` unless a valid export is there already.
+
+    An export is used only if its files match its manifest (encoder id, export format, torch and open_clip versions,
+    SHA-256 of each file) and its probe embeddings match torch's (cosine ≥ 0.9999); otherwise it is rebuilt once.
+
+    Raises:
+        SettingsError: the model cannot be exported, or a fresh export still disagrees with torch.
+    """
+    for attempt in range(2):
+        if attempt or not _valid_export(cache_dir, encoder_id):
+            try:
+                _export(model, tokenizer, cache_dir, encoder_id, image_size, mean, std)
+            except (RuntimeError, ValueError, TypeError, OSError) as exc:
+                raise SettingsError(f"could not export the model to ONNX ({exc}); set CLIPLABEL_RUNTIME=torch") from exc
+        try:
+            towers = _sessions(cache_dir, encoder_id, threads)
+            cosine = _probe_cosine(towers, model, tokenizer, image_size, mean, std)
+        except (RuntimeError, ValueError, *_ORT_ERRORS) as exc:  # type: ignore[misc]
+            logger.warning("onnx export of encoder_id=%s does not load (%s); rebuilding it", encoder_id, exc)
+            cosine = -1.0
+        if cosine >= _PROBE_MIN_COSINE:
+            return towers
+        logger.warning("onnx export of encoder_id=%s gives cosine %.6f to torch; rebuilding it", encoder_id, cosine)
+    raise SettingsError(f"the ONNX export of this model disagrees with torch (cosine {cosine:.6f} < "
+                        f"{_PROBE_MIN_COSINE}); set CLIPLABEL_RUNTIME=torch")
 
 
 def _resize_mode(model_name: str, value: object) -> ResizeMode:
@@ -196,21 +359,44 @@ def _resize_mode(model_name: str, value: object) -> ResizeMode:
                         f"{', '.join(get_args(ResizeMode))}")
 
 
-def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
-                 torch_threads: int | None = None) -> ClipEncoder:
-    """Loads an open_clip model for inference (fp16 on CUDA, fp32 channels-last on CPU).
+def resolve_runtime(runtime: Runtime, device: str) -> Literal["torch", "onnx"]:
+    """`auto` → `onnx` on the CPU (measured faster in bench/bench_runtime.py), `torch` on CUDA.
 
     Raises:
-        SettingsError: the model or its weights cannot be found or loaded; the message names what was asked for.
+        SettingsError: `onnx` was asked for on a CUDA device (it runs on the CPU only here).
+    """
+    if runtime == "auto":
+        return "onnx" if device == "cpu" else "torch"
+    if runtime == "onnx" and device != "cpu":
+        raise SettingsError(f"CLIPLABEL_RUNTIME=onnx runs on the CPU; the model is on {device} (use torch there)")
+    return runtime
+
+
+def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
+                 torch_threads: int | None = None, runtime: Runtime = "torch",
+                 cache_dir: Path | None = None) -> ClipEncoder:
+    """Loads an open_clip model for inference (fp16 on CUDA, fp32 channels-last on CPU).
+
+    Args:
+        runtime: what runs the forward passes (see `resolve_runtime`); `onnx` needs `cache_dir`, where the towers
+            are exported once per encoder id.
+        cache_dir: directory of the ONNX exports.
+
+    Raises:
+        SettingsError: the model or its weights cannot be found or loaded, or cannot run in the runtime asked for;
+            the message names what was asked for.
     """
     started = time.perf_counter()
     if torch_threads:
         torch.set_num_threads(torch_threads)
     dev = resolve_device(device)
+    chosen = resolve_runtime(runtime, dev)
+    if chosen == "onnx" and cache_dir is None:
+        raise SettingsError("the onnx runtime needs a cache directory for its exports")
     schema_name = model_name.startswith(("local-dir:", "hf-hub:"))
     half = dev == "cuda"
     try:
-        slug, identity = _weights_identity(model_name, None if schema_name else pretrained)
+        slug, identity = weights_identity(model_name, None if schema_name else pretrained)
         model = open_clip.create_model(model_name, pretrained=None if schema_name else pretrained, device=dev,
                                        precision="fp16" if half else "fp32")
         tokenizer = open_clip.get_tokenizer(model_name)
@@ -229,8 +415,12 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
     preprocess_identity = json.dumps([image_size, resize_mode, mean, std])
     encoder_id = hashlib.sha256(f"{identity}|{preprocess_identity}".encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", slug)[:48]
+    towers = None
+    if chosen == "onnx" and cache_dir is not None:
+        towers = onnx_towers(model, tokenizer, cache_dir, encoder_id, image_size, mean, std,
+                             torch_threads or torch.get_num_threads())
     enc = ClipEncoder(model, tokenizer, dev, encoder_id, slug, image_size, mean, std, resize_mode,
-                      torch.float16 if half else torch.float32)
-    logger.info("loaded model=%s device=%s encoder_id=%s image_size=%d in %.2fs", model_name, dev, encoder_id,
-                image_size, time.perf_counter() - started)
+                      torch.float16 if half else torch.float32, towers)
+    logger.info("loaded model=%s device=%s runtime=%s encoder_id=%s image_size=%d in %.2fs", model_name, dev, chosen,
+                encoder_id, image_size, time.perf_counter() - started)
     return enc

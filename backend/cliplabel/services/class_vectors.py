@@ -22,9 +22,16 @@ class ClassVectors:
         """One prompt ensemble per class of the control, in class order."""
         return [prompts.build_ensemble(c, self.templates) for c in control.classes]
 
-    def zero_shot(self, control: Control) -> np.ndarray:
-        """(K, D) float32, L2-normalised: the prompt-ensemble vector of each class."""
-        return self.embeddings.ensemble_vectors(self.ensembles(control))
+    def zero_shot(self, control: Control, wait_s: float | None = None) -> np.ndarray:
+        """(K, D) float32, L2-normalised: the prompt-ensemble vector of each class.
+
+        Args:
+            wait_s: how long to wait for vectors still being computed (None: until they are ready).
+
+        Raises:
+            ModelWarmingError: not ready within `wait_s` (their computation goes on).
+        """
+        return self.embeddings.ensemble_vectors(self.ensembles(control), wait_s)
 
     def for_control(self, control: Control, head: Head | None) -> tuple[np.ndarray, float]:
         """(class vectors (K, D), logit scale) served for a control: the learned head's when it fits the control's

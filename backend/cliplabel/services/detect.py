@@ -1,4 +1,9 @@
-"""Boxes for `<RectangleLabels>`: proposals → cached crop embeddings → class vs background → context check → boxes.
+"""Boxes for `<RectangleLabels>`: proposals → cached crop embeddings → pairwise label margin → whole-object context
+test → boxes (see `cliplabel.vision.boxes` for what a score means).
+
+Nothing here assumes that the model learned our prompts: the only prompts are the class ensembles and one generic
+background ensemble, and every comparison is a two-way one at the model's own logit scale (so no constant depends on
+the temperature or on the number of classes).
 
 Also the interactive path: name the box an annotator drew, or find the box around the point they clicked.
 """
@@ -18,25 +23,21 @@ from cliplabel.core.domain import Control, Head, PromptEnsemble, RegionPredictio
 from cliplabel.model.embeddings import EmbeddingService, content_hash
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.store import Store
-from cliplabel.vision import boxes, images, prompts, proposals, regions
+from cliplabel.vision import boxes, images, proposals, regions
 
 DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
     "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
     "an empty scene.", "a blurry photo of nothing in particular.",
 )
 PROPOSALS_NS = "proposals"
-# Class-conditional negatives: a crop that cuts through an object is "part of" it. CLIP scores such crops almost as
-# high as whole objects against the class prompts; against these it loses.
-PARTIAL_TEMPLATES: tuple[str, ...] = ("part of a {}.", "a cropped part of a {}.", "a piece of a {}.", "the edge of a {}.")
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     proposals: proposals.ProposalParams = field(default_factory=proposals.ProposalParams)
     boxes: boxes.BoxParams = field(default_factory=boxes.BoxParams)
-    context_factor: float | None = 2.0  # None turns the context check off
+    context_factor: float | None = 2.0  # None turns the whole-object (context) test off
     background_prompts: tuple[str, ...] = DEFAULT_BACKGROUND_PROMPTS
-    partial_templates: tuple[str, ...] = PARTIAL_TEMPLATES
 
 
 class BoxImage:
@@ -95,11 +96,14 @@ class BoxDetector:
         return BoxImage(content_hash=content_hash(blob), image=images.decode(blob, self.embeddings.max_pixels).image)
 
     def background_vectors(self, control: Control) -> np.ndarray:
-        """(1 + K, D): the generic background ensemble, then one "part of a <class>" ensemble per class."""
+        """(1, D): the generic background ensemble.
+
+        Class-conditional "part of a <class>" prompts are deliberately absent: a CLIP that never learned framing
+        captions scores whole objects higher for them than for the class. Parts are found by the context test.
+        """
         generic = PromptEnsemble(label="background", prompts=self.config.background_prompts,
                                  weights=(1.0,) * len(self.config.background_prompts))
-        partial = [prompts.build_ensemble(c, self.config.partial_templates) for c in control.classes]
-        return self.embeddings.ensemble_vectors([generic, *partial])
+        return self.embeddings.ensemble_vectors([generic])
 
     # -- automatic boxes ---------------------------------------------------------------------------------------------
     def vectors(self, control: Control, head: Head | None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -127,33 +131,30 @@ class BoxDetector:
                 for it, ws in zip(items, windows) for w in ws]
         flat = self.embeddings.crops(jobs)
         class_vecs, bg_vecs, scale = self.vectors(control, head)
+        thr = cfg.boxes.default_margin_threshold if control.score_threshold is None else control.score_threshold
         per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        start = 0
         context_jobs: list[tuple[str, str, Callable[[], np.ndarray]]] = []
+        start = 0
         for it, p in zip(items, props):
-            emb = np.stack(flat[start:start + len(p)]) if len(p) else np.zeros((0, 1), np.float32)
+            emb = np.stack(flat[start:start + len(p)]) if len(p) else np.zeros((0, bg_vecs.shape[1]), np.float32)
             start += len(p)
-            if len(p) == 0:
-                per_image.append((p, np.zeros((0, len(control.classes)), np.float32), np.zeros(0, np.float32),
-                                  np.zeros(0, np.int64)))
-                continue
-            cp, bg = boxes.class_and_background_probs(emb, class_vecs, bg_vecs, scale)
-            cand = boxes.confident(cp, bg, control.score_threshold, cfg.boxes)
-            per_image.append((p, cp, bg, cand))
+            labels, margin = boxes.margin_probs(emb, class_vecs, bg_vecs, scale)
+            # only confident boxes need the context test (and its crop)
+            cand = np.flatnonzero(margin >= thr)
+            per_image.append((p, labels, margin, cand))
             if cfg.context_factor is not None:
-                for i in cand:
-                    context_jobs.append((it.content_hash, _box_key(f"c{cfg.context_factor}:", p[i]),
-                                         self._context_maker(it, p[i])))
+                context_jobs.extend((it.content_hash, _box_key(f"c{cfg.context_factor}:", p[i]),
+                                     self._context_maker(it, p[i])) for i in cand)
         context = iter(self.embeddings.crops(context_jobs))
         out = []
-        for it, (p, cp, bg, cand) in zip(items, per_image):
-            if len(p) and cfg.context_factor is not None:
+        for it, (p, labels, margin, cand) in zip(items, per_image):
+            ctx: np.ndarray | None = None
+            if cfg.context_factor is not None:
+                ctx = np.ones(len(p), np.float64)  # never read for boxes under the threshold
                 if len(cand):
                     ctx_emb = np.stack([next(context) for _ in cand])
-                    continues = self._object_continues(ctx_emb, cp.argmax(axis=1)[cand], class_vecs, bg_vecs)
-                    cp = cp.copy()
-                    cp[cand[continues]] = 0.0
-            dets = boxes.detect(p, cp, bg, control.score_threshold, cfg.boxes)
+                    ctx[cand] = boxes.context_probs(ctx_emb, labels[cand], class_vecs, bg_vecs, scale)
+            dets = boxes.detect(p, labels, margin, ctx, thr, cfg.boxes)
             out.append([RegionPrediction(control.from_name, control.to_name, control.values[d.label_index], d.score,
                                          d.bbox_xyxy, it.wh) for d in dets])
         return out
@@ -177,15 +178,6 @@ class BoxDetector:
             out[i] = p
         return [p.astype(np.float64) for p in out if p is not None]
 
-    def _object_continues(self, ctx_emb: np.ndarray, labels: np.ndarray, class_vecs: np.ndarray,
-                          bg_vecs: np.ndarray) -> np.ndarray:
-        """True where the surroundings (box greyed out) still show the box's class, whole or in part."""
-        k = len(class_vecs)
-        logits = ctx_emb @ np.concatenate([class_vecs, bg_vecs]).T
-        best = logits.argmax(axis=1)
-        # columns: K classes, the generic background, then K "part of" ensembles
-        return (best == labels) | (best == k + 1 + labels)
-
     # Crop makers read `item.image` only when called, i.e. on a cache miss: a re-score never decodes the image.
     def _crop_maker(self, item: BoxImage, window: np.ndarray) -> Callable[[], np.ndarray]:
         size = self._size
@@ -201,27 +193,35 @@ class BoxDetector:
         """The drawn box with its most likely label, or None when background wins ("not one of our classes")."""
         (emb,) = self.embed_boxes(item, box_xyxy[None, :])
         class_vecs, bg_vecs, scale = self.vectors(control, head)
-        # The annotator chose this box, so "part of" competitors do not apply: the generic and learned background do.
-        k = len(control.classes)
-        generic_bg = np.concatenate([bg_vecs[:1], bg_vecs[1 + k:]])
-        cp, bg = boxes.class_and_background_probs(emb[None, :], class_vecs, generic_bg, scale)
-        k = int(cp[0].argmax())
-        if cp[0, k] <= bg[0]:
+        # The annotator chose this box, so only "which class, or none?" is asked: the best class must beat every
+        # background vector (a pairwise test, whatever the temperature and the number of classes).
+        sims = emb[None, :] @ np.concatenate([class_vecs, bg_vecs]).T
+        k = int(sims[0, :len(class_vecs)].argmax())
+        if sims[0, k] <= sims[0, len(class_vecs):].max():
             return None
+        _, margin = boxes.margin_probs(emb[None, :], class_vecs, bg_vecs, scale)
         x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-        return RegionPrediction(control.from_name, control.to_name, control.values[k], float(cp[0, k]),
+        return RegionPrediction(control.from_name, control.to_name, control.values[k], float(margin[0]),
                                 (x0, y0, x1, y1), item.wh)
 
     def box_around_point(self, item: BoxImage, control: Control, point_xy: tuple[float, float],
                          head: Head | None = None) -> RegionPrediction | None:
-        """The best box that contains the clicked point, or None when no proposal there holds one of our classes."""
-        (found,) = self.detect([item], _with_threshold(control, 0.0), head)
+        """The best box that contains the clicked point, or None when no proposal there holds one of our classes.
+
+        Boxes that pass the control's threshold come first (their tight-box preference ran among confident boxes);
+        only when none contains the point is every whole box considered (the click says something is there).
+        """
         px, py = point_xy
-        around = [r for r in found if r.bbox_xyxy[0] <= px <= r.bbox_xyxy[2] and r.bbox_xyxy[1] <= py <= r.bbox_xyxy[3]]
-        return max(around, key=lambda r: r.score) if around else None
+        for threshold in (control.score_threshold, 0.0):
+            (found,) = self.detect([item], _with_threshold(control, threshold), head)
+            around = [r for r in found
+                      if r.bbox_xyxy[0] <= px <= r.bbox_xyxy[2] and r.bbox_xyxy[1] <= py <= r.bbox_xyxy[3]]
+            if around:
+                return max(around, key=lambda r: r.score)
+        return None
 
 
-def _with_threshold(control: Control, threshold: float) -> Control:
+def _with_threshold(control: Control, threshold: float | None) -> Control:
     return Control(kind=control.kind, from_name=control.from_name, to_name=control.to_name,
                    image_key=control.image_key, classes=control.classes, multiple=control.multiple,
                    score_threshold=threshold)

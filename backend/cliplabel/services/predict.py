@@ -102,10 +102,15 @@ class Predictor:
     def close(self) -> None:
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
 
-    def warm(self, config: LabelConfig) -> None:
-        """Computes the prompt vectors of every control ahead of the first prediction. Raises CliplabelError."""
+    def warm(self, config: LabelConfig, wait_s: float | None = None) -> None:
+        """Computes the prompt vectors of every control ahead of the first prediction.
+
+        Raises:
+            ModelWarmingError: with `wait_s`, a control's vectors are not ready within it (they go on computing).
+            CliplabelError: for any other failure.
+        """
         for control in config.controls:
-            self.vectors.zero_shot(control)
+            self.vectors.zero_shot(control, wait_s)
             if control.kind == "rectanglelabels":
                 self.detector.background_vectors(control)
 

@@ -26,3 +26,15 @@ def current_version(store: Store, project_id: str, encoder_id: str, slug: str) -
     # Another process may have created r0 at the same moment; either way r0 is now there.
     store.add_version(first)
     return store.list_versions(project_id, encoder_id)[0]
+
+
+def known_versions(store: Store, project_id: str, encoder_id: str, slug: str) -> list[str]:
+    """The names of a project's versions, oldest first, read only (`GET /versions` writes nothing).
+
+    A project set up but never retrained serves the zero-shot r0 (listed even before it is recorded); a project
+    never set up (any id a client sends) has none: an empty list.
+    """
+    versions = store.list_versions(project_id, encoder_id)
+    if versions:
+        return [v.name for v in versions]
+    return [version_name(slug, 0)] if store.get_project(project_id) is not None else []

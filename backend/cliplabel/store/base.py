@@ -8,6 +8,12 @@ from typing import Protocol
 import numpy as np
 
 from cliplabel.core.domain import FeedbackExample, ModelVersion, ProjectState
+from cliplabel.store.matrix import EmbeddingMatrix
+
+
+def event_lease(project_id: str) -> str:
+    """The name of the lease whose holder alone processes (and acknowledges) a project's events, in order."""
+    return f"events:{project_id}"
 
 
 class Store(Protocol):
@@ -45,14 +51,45 @@ class Store(Protocol):
     def list_feedback(self, project_id: str) -> list[FeedbackExample]:
         """Every example of a project, in annotation id order."""
 
-    def push_event(self, payload: str) -> int:
-        """Appends a raw webhook event to the durable queue; returns its sequence number."""
+    def push_event(self, payload: str, project_id: str = "") -> int:
+        """Appends a raw webhook event to the durable queue of its project; returns its sequence number."""
 
-    def pending_events(self, limit: int) -> list[tuple[int, str]]:
-        """The oldest unprocessed events, (sequence number, payload)."""
+    def pending_events(self, limit: int, project_id: str | None = None) -> list[tuple[int, str]]:
+        """The oldest unprocessed events (of one project, or of all), (sequence number, payload), oldest first."""
 
-    def ack_events(self, seqs: Sequence[int]) -> None:
-        """Removes processed events (at-least-once: processing is idempotent)."""
+    def event_projects(self) -> list[str]:
+        """The projects with unprocessed events."""
+
+    def ack_events(self, seqs: Sequence[int], project_id: str = "", owner: str | None = None,
+                   counts: Mapping[str, int] | None = None) -> bool:
+        """Removes processed events of a project and adds `counts` to its event counters, in one atomic step.
+
+        With `owner`, only while `owner` holds the project's event lease (`event_lease(project_id)`): a worker whose
+        lease expired (it was presumed dead) changes nothing, so an event is counted once whoever processed it.
+        Returns False, changing nothing, when the lease is not held by `owner` or an event is no longer queued (another
+        worker acknowledged it).
+        """
+
+    def event_counts(self, project_id: str) -> dict[str, int]:
+        """A project's event counters (what `ack_events` and `add_counts` added)."""
+
+    def add_counts(self, project_id: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        """Adds to a project's event counters atomically (no read-modify-write); returns the new values."""
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Takes (or, when `owner` holds it already, renews) a named lease for `ttl_s` seconds.
+
+        False while another owner holds it. A lease whose holder dies expires by itself, so its work is reclaimed.
+        """
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Extends a lease `owner` still holds; False (changing nothing) when it expired or another holds it."""
+
+    def release_lease(self, name: str, owner: str, hold_s: float = 0.0) -> None:
+        """Gives a lease back when `owner` holds it; with `hold_s`, nobody gets it for `hold_s` seconds (backoff)."""
+
+    def claim_blob(self, namespace: str, key: str, expected: str | None, data: str) -> bool:
+        """Compare-and-set: writes `data` only when the blob is `expected` now (None: absent). True when written."""
 
     def put_blob(self, namespace: str, key: str, data: str) -> None: ...
 
@@ -66,6 +103,12 @@ class Store(Protocol):
 
     def list_parts(self, namespace: str, key: str) -> dict[str, str]:
         """Every part recorded under a record, part name → data."""
+
+    def append_matrix(self, namespace: str, encoder_id: str, group: str, segment: bytes) -> None:
+        """Appends one segment (`matrix.pack_segment`) to a group's embeddings."""
+
+    def get_matrix(self, namespace: str, encoder_id: str, group: str) -> EmbeddingMatrix:
+        """A group's embeddings as one matrix with its key index, in one read (empty when none)."""
 
     def close(self) -> None: ...
 

@@ -31,6 +31,18 @@ class Keys:
     def event_seq(self) -> str:
         return f"{self.base}:events:seq"
 
+    def project_events(self, project_id: str) -> str:
+        return f"{self.base}:events:project:{project_id}"
+
+    def event_projects(self) -> str:
+        return f"{self.base}:events:projects"
+
+    def event_counts(self, project_id: str) -> str:
+        return f"{self.base}:events:counts:{project_id}"
+
+    def lease(self, name: str) -> str:
+        return f"{self.base}:lease:{name}"
+
     def blob(self, namespace: str, key: str) -> str:
         return f"{self.base}:blob:{namespace}:{key}"
 
@@ -39,6 +51,10 @@ class Keys:
 
     def lock(self, name: str) -> str:
         return f"{self.base}:lock:{name}"
+
+    def matrix(self, namespace: str, encoder_id: str, group: str) -> str:
+        """A list of embedding segments (`cliplabel.store.matrix`)."""
+        return f"{self.base}:matrix:{namespace}:{encoder_id}:{group}"
 
     def all_keys_pattern(self) -> str:
         return f"{self.base}:*"

@@ -10,7 +10,8 @@ import redis
 
 from cliplabel.core.domain import FeedbackExample, ModelVersion, ProjectState
 from cliplabel.core.errors import StoreUnavailableError
-from cliplabel.store import codec, records
+from cliplabel.store import codec, matrix, records
+from cliplabel.store.base import event_lease
 from cliplabel.store.keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,54 @@ end
 return 0
 """
 
+# Removes events and adds to the project's counters in one step, only while ARGV[1] (when not empty) holds the lease.
+# KEYS: all events, the project's events, projects with events, the lease, the counters.
+# ARGV: owner, project id, number of counters n, n × (field, delta), sequence numbers...
+_ACK = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[1] then return 0 end
+local n = tonumber(ARGV[3])
+for i = 4 + 2 * n, #ARGV do
+  if redis.call('ZCOUNT', KEYS[2], ARGV[i], ARGV[i]) == 0 then return 0 end
+end
+for i = 1, n do redis.call('HINCRBY', KEYS[5], ARGV[2 + 2 * i], ARGV[3 + 2 * i]) end
+for i = 4 + 2 * n, #ARGV do
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], ARGV[i], ARGV[i])
+end
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[2]) end
+return 1
+"""
+# Takes a free lease, or renews one already held by ARGV[1]; ARGV[2] is its time to live in milliseconds.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+# Extends a lease only while ARGV[1] still holds it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+# Gives a lease back (ARGV[2] == 0) or holds it for nobody for ARGV[2] milliseconds, only when ARGV[1] holds it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then redis.call('SET', KEYS[1], '', 'PX', ARGV[2]) else redis.call('DEL', KEYS[1]) end
+return 1
+"""
+# Compare-and-set of a string key; ARGV[1] == '0' means "expected absent".
+_CLAIM = """
+local now = redis.call('GET', KEYS[1])
+if ARGV[1] == '0' then
+  if now then return 0 end
+elseif now ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
 
 class RedisStore:
     kind = "redis"
@@ -33,6 +82,11 @@ class RedisStore:
         self._redis = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0,
                                            health_check_interval=30)
         self._add_version = self._redis.register_script(_ADD_VERSION)
+        self._ack = self._redis.register_script(_ACK)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._renew = self._redis.register_script(_RENEW)
+        self._claim = self._redis.register_script(_CLAIM)
 
     def _call(self, fn, *args):  # type: ignore[no-untyped-def]
         try:
@@ -87,23 +141,58 @@ class RedisStore:
         items = self._call(self._redis.hgetall, self.keys.feedback(project_id))
         return [e for _, raw in sorted(items.items(), key=lambda kv: int(kv[0])) for e in records.load_examples(raw)]
 
-    def push_event(self, payload: str) -> int:
+    def push_event(self, payload: str, project_id: str = "") -> int:
         seq = int(self._call(self._redis.incr, self.keys.event_seq()))
-        self._call(self._redis.zadd, self.keys.events(), {f"{seq}:{payload}": seq})
+        member = f"{seq}:{payload}"
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zadd(self.keys.events(), {member: seq})
+        pipe.zadd(self.keys.project_events(project_id), {member: seq})
+        pipe.sadd(self.keys.event_projects(), project_id)
+        self._call(pipe.execute)
         return seq
 
-    def pending_events(self, limit: int) -> list[tuple[int, str]]:
-        raws = self._call(self._redis.zrange, self.keys.events(), 0, limit - 1)
+    def pending_events(self, limit: int, project_id: str | None = None) -> list[tuple[int, str]]:
+        key = self.keys.events() if project_id is None else self.keys.project_events(project_id)
         out = []
-        for raw in raws:
-            text = raw.decode() if isinstance(raw, bytes) else str(raw)
-            seq, _, payload = text.partition(":")
+        for raw in self._call(self._redis.zrange, key, 0, limit - 1):
+            seq, _, payload = _text(raw).partition(":")
             out.append((int(seq), payload))
         return out
 
-    def ack_events(self, seqs: Sequence[int]) -> None:
-        for seq in seqs:
-            self._call(self._redis.zremrangebyscore, self.keys.events(), seq, seq)
+    def event_projects(self) -> list[str]:
+        return sorted(_text(p) for p in self._call(self._redis.smembers, self.keys.event_projects()))
+
+    def ack_events(self, seqs: Sequence[int], project_id: str = "", owner: str | None = None,
+                   counts: Mapping[str, int] | None = None) -> bool:
+        fields = [x for k, v in (counts or {}).items() for x in (k, int(v))]
+        keys = [self.keys.events(), self.keys.project_events(project_id), self.keys.event_projects(),
+                self.keys.lease(event_lease(project_id)), self.keys.event_counts(project_id)]
+        args = [owner or "", project_id, len(fields) // 2, *fields, *(int(s) for s in seqs)]
+        return bool(self._call(self._ack, keys, args))
+
+    def event_counts(self, project_id: str) -> dict[str, int]:
+        items = self._call(self._redis.hgetall, self.keys.event_counts(project_id))
+        return {_text(k): int(v) for k, v in items.items()}
+
+    def add_counts(self, project_id: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        pipe = self._redis.pipeline(transaction=True)
+        for name, delta in deltas.items():
+            pipe.hincrby(self.keys.event_counts(project_id), name, int(delta))
+        values = self._call(pipe.execute)
+        return {name: int(v) for name, v in zip(deltas, values)}
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return bool(self._call(self._acquire, [self.keys.lease(name)], [owner, max(1, int(ttl_s * 1000))]))
+
+    def renew_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return bool(self._call(self._renew, [self.keys.lease(name)], [owner, max(1, int(ttl_s * 1000))]))
+
+    def release_lease(self, name: str, owner: str, hold_s: float = 0.0) -> None:
+        self._call(self._release, [self.keys.lease(name)], [owner, int(hold_s * 1000)])
+
+    def claim_blob(self, namespace: str, key: str, expected: str | None, data: str) -> bool:
+        args = ["0", "", data] if expected is None else ["1", expected, data]
+        return bool(self._call(self._claim, [self.keys.blob(namespace, key)], args))
 
     def put_blob(self, namespace: str, key: str, data: str) -> None:
         self._call(self._redis.set, self.keys.blob(namespace, key), data)
@@ -119,6 +208,14 @@ class RedisStore:
         items = self._call(self._redis.hgetall, self.keys.parts(namespace, key))
         return {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
                 for k, v in items.items()}
+
+    # -- embeddings in bulk (cliplabel.store.matrix) ---------------------------------------------------------------
+    def append_matrix(self, namespace: str, encoder_id: str, group: str, segment: bytes) -> None:
+        self._call(self._redis.rpush, self.keys.matrix(namespace, encoder_id, group), segment)
+
+    def get_matrix(self, namespace: str, encoder_id: str, group: str) -> matrix.EmbeddingMatrix:
+        blobs = self._call(self._redis.lrange, self.keys.matrix(namespace, encoder_id, group), 0, -1)
+        return matrix.join_segments([bytes(b) for b in blobs], group)
 
     def close(self) -> None:
         self._redis.close()

@@ -1,4 +1,11 @@
-"""Crop scores → boxes: background competition, tight-box preference, NMS, caps.
+"""Crop scores → boxes: pairwise label margins, the whole-object (context) test, tight-box preference, NMS, caps.
+
+What a box score means, on every CLIP: `margin_probs` is the probability, at the model's own temperature (its
+logit scale), that the crop's best class beats its strongest competitor — any other class or any background vector —
+in a two-way comparison. It does not shrink as the label config grows (no K-way softmax), and it needs no prompt the
+model must have learned beyond the class names and a background ensemble. `context_probs` asks the same two-way
+question of the box's surroundings with the box greyed out: a box that cut through an object still sees its class
+there. The final score is `margin × (1 − context)`: confident *and* whole.
 
 Pure numpy. The crop embeddings come from `cliplabel.model.embeddings`, the proposals from `cliplabel.vision.proposals`.
 """
@@ -26,13 +33,16 @@ class BoxParams:
     cross_class_iou: float = 0.7
     max_boxes: int = 20
     default_threshold: float = 0.5
+    default_margin_threshold: float = 0.9
+    context_threshold: float = 0.2
     tight_containment: float = 0.9
-    tight_margin: float = 0.1
+    tight_margin: float = 0.02
 
     def __post_init__(self) -> None:
         if self.max_crops < 1 or self.max_boxes < 1:
             raise ValueError("max_crops and max_boxes must be at least 1")
-        for name in ("nms_iou", "cross_class_iou", "default_threshold", "tight_containment", "dedupe_iou"):
+        for name in ("nms_iou", "cross_class_iou", "default_threshold", "default_margin_threshold",
+                     "context_threshold", "tight_containment", "dedupe_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]")
 
@@ -90,23 +100,78 @@ def confident(class_probs: np.ndarray, background_prob: np.ndarray, threshold: f
     return np.flatnonzero((scores > background_prob) & (scores >= thr))
 
 
-def detect(boxes_xyxy: np.ndarray, class_probs: np.ndarray, background_prob: np.ndarray, threshold: float | None,
-           params: BoxParams) -> list[Detection]:
-    """Keeps crops whose best class beats background and the threshold, prefers tight boxes, then NMS and a cap.
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)), np.float64)
 
-    Tight-box preference: CLIP scores a loose crop that contains an object about as high as a tight one. When a kept
-    box of the same class lies (almost) wholly inside a larger kept box and scores nearly as well, the larger box is
-    the loose one and is dropped.
+
+def margin_probs(crop_emb: np.ndarray, class_vecs: np.ndarray, background_vecs: np.ndarray, logit_scale: float
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each crop's best class and the two-way probability that it beats its strongest competitor.
+
+    Args:
+        crop_emb: (N, D) L2-normalised crop embeddings.
+        class_vecs: (K, D) class vectors; background_vecs: (B, D), B ≥ 1.
+        logit_scale: the model's temperature (the scale of its logits).
+
+    Returns:
+        (N,) int64 labels and (N,) float64 `sigmoid(scale × (cos(best class) − max cos(other class or background)))`.
+    """
+    if len(crop_emb) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    k = len(class_vecs)
+    sims = crop_emb @ np.concatenate([class_vecs, background_vecs]).T
+    labels = sims[:, :k].argmax(axis=1)
+    rows = np.arange(len(sims))
+    best = sims[rows, labels].astype(np.float64)
+    rivals = sims.astype(np.float64).copy()
+    rivals[rows, labels] = -np.inf
+    return labels.astype(np.int64), _sigmoid(logit_scale * (best - rivals.max(axis=1)))
+
+
+def context_probs(context_emb: np.ndarray, labels: np.ndarray, class_vecs: np.ndarray, background_vecs: np.ndarray,
+                  logit_scale: float) -> np.ndarray:
+    """The two-way probability that a box's surroundings (box greyed out) still show its label rather than background.
+
+    High for a box that cut through its object (the rest is visible around it), low for a whole one.
+
+    Args:
+        context_emb: (N, D) L2-normalised embeddings of the masked context crops; labels: (N,) class indices.
+
+    Returns:
+        (N,) float64.
+    """
+    if len(context_emb) == 0:
+        return np.zeros(0, np.float64)
+    label_sim = np.einsum("nd,nd->n", context_emb, class_vecs[labels]).astype(np.float64)
+    bg_sim = (context_emb @ background_vecs.T).max(axis=1).astype(np.float64)
+    return _sigmoid(logit_scale * (label_sim - bg_sim))
+
+
+def detect(boxes_xyxy: np.ndarray, labels: np.ndarray, margin: np.ndarray, context: np.ndarray | None,
+           threshold: float | None, params: BoxParams) -> list[Detection]:
+    """Keeps confident, whole boxes, prefers tight ones, then NMS and a cap.
+
+    Args:
+        boxes_xyxy: (N, 4) proposals; labels, margin: (N,) as `margin_probs` returns them.
+        context: (N,) `context_probs` (only entries of boxes with margin ≥ threshold are read), or None when the
+            context test is off.
+        threshold: the control's `model_score_threshold` on the margin probability; None means
+            `params.default_margin_threshold`.
+
+    A box is kept when its margin probability reaches the threshold and its context probability stays under
+    `params.context_threshold`; its score is `margin × (1 − context)`. Tight-box preference: CLIP scores a loose crop
+    that contains an object about as high as a tight one. When a kept box of the same class lies (almost) wholly
+    inside a larger kept box and scores nearly as well, the larger box is the loose one and is dropped.
     """
     b = regions.as_boxes(boxes_xyxy)
     if len(b) == 0:
         return []
-    labels = class_probs.argmax(axis=1)
-    scores = class_probs[np.arange(len(b)), labels]
-    keep = confident(class_probs, background_prob, threshold, params)
+    thr = params.default_margin_threshold if threshold is None else threshold
+    ctx = np.zeros(len(b), np.float64) if context is None else np.asarray(context, np.float64)
+    keep = np.flatnonzero((margin >= thr) & (ctx < params.context_threshold))
     if len(keep) == 0:
         return []
-    b, labels, scores = b[keep], labels[keep], scores[keep]
+    b, labels, scores = b[keep], labels[keep], (margin * (1.0 - ctx))[keep]
     contain = regions.containment_matrix(b, b)  # [i, j]: share of box i inside box j
     area = regions.areas(b)
     loose = np.zeros(len(b), bool)

@@ -22,7 +22,7 @@ class ProposalParams:
     """How densely to propose. Defaults and their measured cost are in the README."""
 
     selective_search: SelectiveSearch = "fast"
-    proposal_side: int = 128
+    proposal_side: int = 256
     window_scales: tuple[float, ...] = ()
     window_stride: float = 0.5
 

@@ -20,6 +20,7 @@ SPEC_NS = "bulk-job"  # blob: the job's spec; parts: plan, chunk:<i>, failed, ca
 TASKS_NS = "bulk-tasks"  # blob per chunk: its tasks
 ERROR_NS = "bulk-error"  # blob: the last error of a job (shown by its status until the job finishes)
 INDEX_NS = "bulk-jobs"  # parts per project: job id → created_at
+ACTIVE_NS = "bulk-active"  # blob per project and kind: the job id holding the one-job-at-a-time slot
 ALL_JOBS = "all"  # ... and under this key every job (what a restarted process resumes)
 PLAN, FAILED, CANCELLED, CHUNK = "plan", "failed", "cancelled", "chunk:"
 
@@ -40,9 +41,24 @@ class JobJournal:
         self.store = store
 
     def create(self, spec: JobSpec) -> None:
+        self.put_spec(spec)
+        self.index(spec)
+
+    def put_spec(self, spec: JobSpec) -> None:
+        """Writes the spec only: an unindexed job is invisible (what a create that lost a claim leaves)."""
         self.store.put_blob(SPEC_NS, spec.job_id, json.dumps(asdict(spec)))
+
+    def index(self, spec: JobSpec) -> None:
         self.store.add_part(INDEX_NS, spec.project_id, spec.job_id, str(spec.created_at))
         self.store.add_part(INDEX_NS, ALL_JOBS, spec.job_id, str(spec.created_at))
+
+    def holder(self, project_id: str, kind: str) -> str | None:
+        """The job that holds a project's slot for jobs of this kind (maybe finished since)."""
+        return self.store.get_blob(ACTIVE_NS, f"{project_id}:{kind}")
+
+    def claim(self, project_id: str, kind: str, holder: str | None, job_id: str) -> bool:
+        """Hands the slot from `holder` (None: nobody) to `job_id`, atomically; False when someone else did first."""
+        return self.store.claim_blob(ACTIVE_NS, f"{project_id}:{kind}", holder, job_id)
 
     def spec(self, job_id: str) -> JobSpec:
         """Raises:

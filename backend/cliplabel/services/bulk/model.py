@@ -48,6 +48,7 @@ class ChunkResult:
     predict_s: float = 0.0  # of `seconds`: fetching, decoding, encoding, scoring
     label_studio_s: float = 0.0  # of `seconds`: asking Label Studio what it holds, storing the predictions
     already_stored: int = 0  # tasks found holding the version already (a cut-off run stored them): skipped
+    gave_up: bool = False  # the chunk failed on its last retry: its tasks count as failed, and the job fails
 
 
 @dataclass(frozen=True)

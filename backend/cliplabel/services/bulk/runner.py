@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from cliplabel.core.domain import Head, ModelVersion, ProjectState, TaskPrediction
-from cliplabel.core.errors import NotFoundError
+from cliplabel.core.errors import LabelStudioAuthError, LabelStudioError, NotFoundError
 from cliplabel.labelstudio import format as ls_format
 from cliplabel.labelstudio import label_config
-from cliplabel.labelstudio.client import LabelStudioClient
+from cliplabel.labelstudio.client import RETRY_DELAYS_S, LabelStudioClient, is_transient
 from cliplabel.services.bulk.journal import JobJournal
 from cliplabel.services.bulk.model import MAX_ERRORS, ChunkResult
 from cliplabel.services.predict import Predictor
@@ -25,11 +27,15 @@ logger = logging.getLogger(__name__)
 
 def sort_predictions(task_ids: list[int], preds: list[TaskPrediction]) -> tuple[list[tuple[int, TaskPrediction]],
                                                                                list[str]]:
-    """(what to store, one error line per task with nothing to store), in task order."""
+    """(what to store, one error line per task that failed), in task order.
+
+    A prediction that found nothing (no choice above threshold, no box) is stored as such, an empty result: the task
+    was predicted, so a rerun of the job skips it instead of predicting it again.
+    """
     keep, errors = [], []
     for task_id, pred in zip(task_ids, preds):
-        if pred.error is not None or (not pred.choices and not pred.regions):
-            errors.append(f"task {task_id}: {pred.error or 'nothing found'}")
+        if pred.error is not None:
+            errors.append(f"task {task_id}: {pred.error}")
         else:
             keep.append((task_id, pred))
     return keep, errors
@@ -37,6 +43,9 @@ def sort_predictions(task_ids: list[int], preds: list[TaskPrediction]) -> tuple[
 
 class ChunkRunner:
     """Runs chunks of any job; `worker` names this process in the chunks' results."""
+
+    import_retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S
+    import_lease_s = 60.0  # a worker that dies while storing holds the project's import lease this long at most
 
     def __init__(self, journal: JobJournal, clients: Callable[[str], LabelStudioClient], predictor: Predictor,
                  store: Store, encoder_id: str, heads_for: Callable[[ModelVersion], Mapping[str, Head]],
@@ -80,14 +89,49 @@ class ChunkRunner:
                                        from_cache=spec.kind == "rescore") if todo else []
         keep, errors = sort_predictions([i for i, _ in todo], preds)
         write_started = time.monotonic()
-        # One request per chunk: Label Studio stores a chunk's predictions in one transaction.
-        client.import_predictions(project, keep)
+        # One request per chunk: Label Studio stores a chunk's predictions in one transaction. Under the project's
+        # import lease, the check is made again: a chunk delivered twice at once (a redelivery while it still ran)
+        # may predict twice, but stores once.
+        with self._import_lease(spec.project_id):
+            again = client.prediction_versions(project, [i for i, _ in keep]) if keep else {}
+            fresh = [(i, p) for i, p in keep if plan.model_version not in again.get(i, set())]
+            self._import(client, project, plan.model_version, fresh)
+        already = len(keep) - len(fresh)
+        keep = fresh
         done = time.monotonic()
         result = ChunkResult(predicted=len(keep), failed=len(errors), errors=tuple(errors[:MAX_ERRORS]),
                              worker=self.worker, seconds=round(done - started, 3), finished_at=time.time(),
                              predict_s=round(write_started - predict_started, 3),
                              label_studio_s=round(check_s + done - write_started, 3),
-                             already_stored=len(tasks) - len(todo))
+                             already_stored=len(tasks) - len(todo) + already)
         if not self.journal.record_chunk(job_id, index, result):
             logger.warning("bulk job=%s chunk=%d finished twice; counted once", job_id, index)
         return result
+
+    def _import(self, client: LabelStudioClient, project: int, model_version: str,
+                keep: list[tuple[int, TaskPrediction]]) -> None:
+        """Stores a chunk's predictions; after a transient failure (the request may have been stored or not), asks
+        Label Studio again which tasks hold the version and retries with the others only, so none is stored twice."""
+        for delay in (*self.import_retry_delays_s, None):
+            try:
+                client.import_predictions(project, keep)
+                return
+            except LabelStudioError as exc:
+                if delay is None or isinstance(exc, LabelStudioAuthError) or not is_transient(exc):
+                    raise
+                logger.info("project=%s: storing predictions failed (%s); checking and retrying in %.1fs", project,
+                            exc.detail, delay)
+                time.sleep(delay)
+                stored = client.prediction_versions(project, [i for i, _ in keep])
+                keep = [(i, p) for i, p in keep if model_version not in stored.get(i, set())]
+
+    @contextmanager
+    def _import_lease(self, project_id: str) -> Iterator[None]:
+        """Holds the project's import lease (waiting while another worker stores a chunk of it)."""
+        name, owner = f"bulk-import:{project_id}", f"{self.worker}:{uuid.uuid4().hex[:6]}"
+        while not self.store.acquire_lease(name, owner, self.import_lease_s):
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            self.store.release_lease(name, owner)

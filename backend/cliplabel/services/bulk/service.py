@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from cliplabel.core.domain import Head, ModelVersion
-from cliplabel.core.errors import CliplabelError
+from cliplabel.core.errors import CliplabelError, NotFoundError
 from cliplabel.labelstudio.client import LabelStudioClient
 from cliplabel.services.bulk.journal import JobJournal
 from cliplabel.services.bulk.model import ACTIVE_STATES, ChunkResult, JobKind, JobSpec, JobStatus, Plan
@@ -19,7 +19,7 @@ from cliplabel.services.bulk.planner import Planner
 from cliplabel.services.bulk.runner import ChunkRunner
 from cliplabel.services.bulk.status import job_status, still_active
 from cliplabel.services.predict import Predictor
-from cliplabel.services.versions import current_version
+from cliplabel.services.versions import current_version, version_name
 from cliplabel.store import Store
 
 logger = logging.getLogger(__name__)
@@ -53,21 +53,58 @@ class BulkJobs:
 
     # -- create ------------------------------------------------------------------------------------------------------
     def active(self, project_id: str, kind: JobKind) -> JobStatus | None:
-        """The project's job of this kind still making progress on the current version, if any (two clicks, or two
-        retrains in a row, should not run two jobs over the same tasks). Older-version jobs are cancelled here."""
-        version = self._version(project_id).name
+        """The project's job of this kind still making progress on the current version, if any. A read: it changes
+        nothing (superseding an older version's job happens in `start`)."""
+        version = self._version_name(project_id)
         for job in reversed(self.list(project_id)):
-            if job.kind != kind or not still_active(job, time.time()):
-                continue
-            if job.model_version in (None, version):
+            if job.kind == kind and still_active(job, time.time()) and job.model_version in (None, version):
                 return job
-            self.cancel(job.job_id)  # superseded by a newer version
         return None
 
-    def create(self, project_id: str, kind: JobKind, chunk_size: int) -> JobSpec:
+    def start(self, project_id: str, kind: JobKind, chunk_size: int) -> tuple[JobStatus, bool]:
+        """The project's job of this kind, created unless one still makes progress on the current version: (its
+        status, True when created here). Atomic across processes: two concurrent calls create one job.
+
+        A job still running on an older version is superseded: cancelled, once the new job holds the slot.
+        """
         self.clients(project_id)  # fail now, with a 400, rather than in a worker later
-        spec = JobSpec(job_id=uuid.uuid4().hex[:16], project_id=project_id, kind=kind, chunk_size=chunk_size,
+        version = self._version_name(project_id)
+        while True:
+            holder = self.journal.holder(project_id, kind)
+            superseded = None
+            if holder is not None:
+                try:
+                    job: JobStatus | None = self.status(holder)
+                except NotFoundError:
+                    job = None  # a claim whose job was never written (its process died): free
+                if job is not None and still_active(job, time.time()):
+                    if job.model_version in (None, version):
+                        return job, False
+                    superseded = job.job_id
+            spec = self._spec(project_id, kind, chunk_size)
+            self.journal.put_spec(spec)
+            if not self.journal.claim(project_id, kind, holder, spec.job_id):
+                continue  # another process changed the slot first: look again
+            self.journal.index(spec)
+            if superseded is not None:
+                logger.info("bulk job=%s superseded by job=%s on version %s", superseded, spec.job_id, version)
+                self.cancel(superseded)
+            logger.info("bulk job=%s %s project=%s created", spec.job_id, kind, project_id)
+            return self.status(spec.job_id), True
+
+    def _version_name(self, project_id: str) -> str:
+        versions = self._store.list_versions(project_id, self._encoder_id)
+        return versions[-1].name if versions else version_name(self._slug, 0)
+
+    @staticmethod
+    def _spec(project_id: str, kind: JobKind, chunk_size: int) -> JobSpec:
+        return JobSpec(job_id=uuid.uuid4().hex[:16], project_id=project_id, kind=kind, chunk_size=chunk_size,
                        created_at=time.time())
+
+    def create(self, project_id: str, kind: JobKind, chunk_size: int) -> JobSpec:
+        """A new job, whatever else runs (the CLI's `prelabel`); `start` is the one-job-at-a-time path."""
+        self.clients(project_id)  # fail now, with a 400, rather than in a worker later
+        spec = self._spec(project_id, kind, chunk_size)
         self.journal.create(spec)
         logger.info("bulk job=%s %s project=%s created", spec.job_id, kind, project_id)
         return spec
@@ -125,6 +162,17 @@ class BulkJobs:
     def unfinished(self) -> list[str]:
         """Jobs still planning or running (a restarted embedded process picks them up again)."""
         return [j for j in self.journal.all_job_ids() if self.status(j).state in ACTIVE_STATES]
+
+    def give_up_chunk(self, job_id: str, index: int, detail: str) -> None:
+        """Ends a chunk that failed on its last retry: its tasks count as failed and the job ends failed."""
+        try:
+            n_tasks = len(self.journal.chunk_tasks(job_id, index))
+        except NotFoundError:
+            n_tasks = 0
+        result = ChunkResult(predicted=0, failed=n_tasks, errors=(f"chunk {index}: {detail}",), worker=self.worker,
+                             seconds=0.0, finished_at=time.time(), gave_up=True)
+        if self.journal.record_chunk(job_id, index, result):
+            logger.warning("bulk job=%s chunk=%d given up after its last retry: %s", job_id, index, detail)
 
     def record_error(self, job_id: str, detail: str, final: bool = False) -> None:
         logger.warning("bulk job=%s: %s", job_id, detail)

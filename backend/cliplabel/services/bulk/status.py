@@ -6,6 +6,7 @@ failure, a cancellation. The state is read off those facts, in this order of pre
     cancelled  a cancellation was recorded (whatever else happened: stopping wins)
     failed     a final failure was recorded (a plan that could not be made, a job that crashed)
     planning   no plan yet
+    failed     every planned chunk has a result, and one of them gave up after its last retry
     done       every planned chunk has a result (at once for a plan of zero chunks)
     running    otherwise
 """
@@ -26,7 +27,7 @@ def job_state(record: JobRecord) -> JobState:
     if record.plan is None:
         return "planning"
     if len(record.chunks) >= record.plan.chunks:
-        return "done"
+        return "failed" if any(r.gave_up for r in record.chunks.values()) else "done"
     return "running"
 
 
@@ -50,7 +51,9 @@ def job_status(record: JobRecord) -> JobStatus:
         eta = round(remaining / rate, 1) if rate else None
     state = job_state(record)
     # A finished job's last error was one a retry got past: it no longer describes the job.
-    detail = record.failed or (None if state == "done" else record.last_error)
+    gave_up = sorted(i for i, r in record.chunks.items() if r.gave_up)
+    detail = record.failed or (f"chunks {gave_up} failed after their last retry" if gave_up else None) or \
+        (None if state == "done" else record.last_error)
     errors = tuple(e for r in sorted(results, key=lambda r: r.finished_at) for e in r.errors)[-MAX_ERRORS:]
     spec = record.spec
     return JobStatus(job_id=spec.job_id, project_id=spec.project_id, kind=spec.kind, state=state,

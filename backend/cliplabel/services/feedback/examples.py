@@ -14,6 +14,7 @@ from cliplabel.labelstudio import label_config
 from cliplabel.model.embeddings import EmbeddingService, content_hash
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.services.detect import BoxDetector
+from cliplabel.services.feedback.confirm import AnnotationConfirmer
 from cliplabel.services.versions import current_version
 from cliplabel.store import Store
 from cliplabel.store.heads import HeadStore
@@ -30,10 +31,13 @@ class ExampleMaker:
 
     Args:
         fetch_image: a task's image bytes under the prediction path's source policy (raises CliplabelError).
+        confirmer: replaces a webhook's annotation by what Label Studio's API stores (None: trust the body).
     """
 
     def __init__(self, store: Store, heads: HeadStore, embeddings: EmbeddingService, class_vectors: ClassVectors,
-                 detector: BoxDetector, fetch_image: FetchImage, encoder_id: str, slug: str) -> None:
+                 detector: BoxDetector, fetch_image: FetchImage, encoder_id: str, slug: str,
+                 confirmer: AnnotationConfirmer | None = None) -> None:
+        self.confirmer = confirmer
         self.store = store
         self.heads = heads
         self.embeddings = embeddings
@@ -46,13 +50,22 @@ class ExampleMaker:
     def examples(self, event: AnnotationEvent) -> list[FeedbackExample]:
         """One example per annotated choice or box, plus one background example per predicted box left unmatched.
 
+        The annotation is first confirmed against Label Studio's API (see `confirm`): its stored result and its
+        task's stored image are what teach, not the webhook's body; a cancelled (skipped) one teaches nothing.
+
         Raises:
             InvalidRequestError: the project has not been set up.
+            AnnotationNotConfirmedError: Label Studio does not confirm the annotation (permanent).
+            TransientError: Label Studio could not be asked now (retry later).
             CliplabelError: the task's image cannot be fetched or read.
         """
         state = self.store.get_project(event.project_id)
         if state is None:
             raise InvalidRequestError(f"project {event.project_id} has not been set up")
+        if self.confirmer is not None:
+            event = self.confirmer.confirm(event, state)
+        if event.cancelled:
+            return []
         config = label_config.parse_label_config(state.label_config)
         # Compared with what the version served now predicts: that is what the annotator saw or would have seen.
         heads = self.heads.heads_for(current_version(self.store, event.project_id, self.encoder_id, self.slug))
@@ -76,6 +89,17 @@ class ExampleMaker:
             else:
                 out.extend(self._box_examples(event, control, mine, blob, image_hash, heads))
         return out
+
+    def deleted(self, project_id: str, annotation_ids: list[int]) -> list[int]:
+        """Of the annotations a deletion event names, those whose feedback may go: the ones Label Studio no longer
+        has (all of them without a confirmer). A forged deletion of a live annotation removes nothing.
+
+        Raises:
+            TransientError: Label Studio could not be asked now (retry later).
+        """
+        if self.confirmer is None:
+            return list(annotation_ids)
+        return self.confirmer.deleted(project_id, annotation_ids, self.store.get_project(project_id))
 
     def _box_examples(self, event: AnnotationEvent, control: Control, mine: Sequence[AnnotatedRegion], blob: bytes,
                       image_hash: str, heads: Mapping[str, Head]) -> list[FeedbackExample]:

@@ -23,6 +23,7 @@ from cliplabel.vision import train
 
 logger = logging.getLogger(__name__)
 TRAIN_NS = "train-state"
+SINCE = "since"  # the project's event counter of annotations recorded since its last retrain
 
 OnNewVersion = Callable[[ModelVersion], None]
 
@@ -52,11 +53,13 @@ class Trainer:
         self._on_new_version = on_new_version
 
     def count(self, pid: str, n: int) -> bool:
-        """Adds `n` annotations to the project's count since its last retrain; True when that makes it due."""
-        state = json.loads(self.store.get_blob(TRAIN_NS, pid) or '{"since": 0}')
-        state["since"] = int(state.get("since", 0)) + n
-        self.store.put_blob(TRAIN_NS, pid, json.dumps(state))
-        return bool(state["since"] >= self.retrain_every)
+        """Adds `n` annotations to the project's count since its last retrain (atomically: several workers may count
+        at once); True when that makes it due."""
+        return self.store.add_counts(pid, {SINCE: n})[SINCE] >= self.retrain_every
+
+    def due(self, pid: str) -> bool:
+        """True when the project gathered `retrain_every` annotations since its last retrain."""
+        return self.store.event_counts(pid).get(SINCE, 0) >= self.retrain_every
 
     def train_project(self, pid: str) -> ModelVersion | None:
         """Fits every control's head on the project's feedback; a version is added when any head is accepted."""
@@ -64,6 +67,8 @@ class Trainer:
         state = self.store.get_project(pid)
         if state is None:
             return None
+        # What was counted until now; what workers count while this trains stays for the next retrain.
+        since = self.store.event_counts(pid).get(SINCE, 0)
         encoder_id = self.encoder.encoder_id
         config = label_config.parse_label_config(state.label_config)
         current = current_version(self.store, pid, encoder_id, self.slug)
@@ -79,7 +84,8 @@ class Trainer:
             notes.append(f"{control.from_name}: {result.reason}")
             if result.accepted:
                 accepted[control.from_name] = result.head
-        self.store.put_blob(TRAIN_NS, pid, json.dumps({"since": 0, "last_note": "; ".join(notes)}))
+        self.store.add_counts(pid, {SINCE: -since})
+        self.store.put_blob(TRAIN_NS, pid, json.dumps({"last_note": "; ".join(notes)}))
         if not accepted:
             logger.info("project=%s retrain kept %s: %s", pid, current.name, "; ".join(notes) or "no feedback")
             return None

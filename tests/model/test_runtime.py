@@ -1,0 +1,136 @@
+"""The ONNX Runtime encoder: the same embeddings as torch, and an export cache that never serves a bad export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cliplabel.core.errors import SettingsError
+from cliplabel.model.encoder import ClipEncoder, load_encoder, resolve_runtime
+from tests import synthetic
+
+MIN_COSINE = 0.9999
+TEXTS = ["a photo of a red circle.", "a blue square", "a drawing of a green triangle on a white background.", "x"]
+
+
+def _onnx(model_dir: Path, cache: Path) -> ClipEncoder:
+    return load_encoder(f"local-dir:{model_dir}", None, "cpu", runtime="onnx", cache_dir=cache)
+
+
+def _images(size: int, n: int = 12) -> np.ndarray:
+    """Synthetic scenes (what the test models know) and noise (what they do not), (n, size, size, 3) uint8."""
+    rng = np.random.default_rng(7)
+    scenes = [np.asarray(synthetic.scene(rng, size, size)[0].convert("RGB")) for _ in range(n // 2)]
+    noise = rng.integers(0, 256, (n - len(scenes), size, size, 3), dtype=np.uint8)
+    return np.concatenate([np.stack(scenes).astype(np.uint8), noise])
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float(np.min(np.sum(a * b, axis=1)))
+
+
+def _assert_matches_torch(onnx_enc: ClipEncoder, torch_enc: ClipEncoder) -> None:
+    imgs = _images(torch_enc.image_size)
+    assert _min_cosine(onnx_enc.encode_images(imgs), torch_enc.encode_images(imgs)) >= MIN_COSINE
+    assert _min_cosine(onnx_enc.encode_texts(TEXTS), torch_enc.encode_texts(TEXTS)) >= MIN_COSINE
+
+
+def test_onnx_embeddings_match_torch(any_model_dir: Path, any_encoder: ClipEncoder, tmp_path: Path) -> None:
+    enc = _onnx(any_model_dir, tmp_path)
+    assert (enc.runtime, any_encoder.runtime) == ("onnx", "torch")
+    # Same identity: vectors cached by one runtime are served to the other.
+    assert (enc.encoder_id, enc.embed_dim, enc.image_size) == (any_encoder.encoder_id, any_encoder.embed_dim,
+                                                              any_encoder.image_size)
+    _assert_matches_torch(enc, any_encoder)
+    # A batch of one and an empty batch keep their shapes.
+    one = _images(enc.image_size, 2)[:1]
+    assert enc.encode_images(one).shape == (1, enc.embed_dim)
+    assert enc.encode_images(one[:0]).shape == (0, enc.embed_dim)
+    assert enc.encode_texts([]).shape == (0, enc.embed_dim)
+
+
+def _export_files(cache: Path, encoder_id: str) -> tuple[Path, Path, Path]:
+    return (cache / f"{encoder_id}-image.onnx", cache / f"{encoder_id}-text.onnx",
+            cache / f"{encoder_id}-manifest.json")
+
+
+def test_export_is_reused_when_valid(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    _onnx(tiny_model_dir, tmp_path)
+    files = _export_files(tmp_path, encoder.encoder_id)
+    stamps = [p.stat().st_mtime_ns for p in files]
+    _onnx(tiny_model_dir, tmp_path)
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+
+
+def test_corrupt_export_is_rebuilt_not_used(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    _onnx(tiny_model_dir, tmp_path)
+    image, text, manifest = _export_files(tmp_path, encoder.encoder_id)
+    # Flip bytes in the middle of the weights: the file still has its length, and may still parse.
+    data = bytearray(image.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    image.write_bytes(bytes(data))
+    enc = _onnx(tiny_model_dir, tmp_path)
+    assert image.read_bytes() != bytes(data)
+    _assert_matches_torch(enc, encoder)
+
+
+def test_stale_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    _onnx(tiny_model_dir, tmp_path)
+    _, _, manifest = _export_files(tmp_path, encoder.encoder_id)
+    recorded = json.loads(manifest.read_text())
+    stale = {**recorded, "identity": {**recorded["identity"], "format": 0, "torch": "0.0"}}
+    manifest.write_text(json.dumps(stale))
+    enc = _onnx(tiny_model_dir, tmp_path)
+    assert json.loads(manifest.read_text())["identity"] == recorded["identity"]
+    _assert_matches_torch(enc, encoder)
+
+
+def test_consistent_but_wrong_export_is_rebuilt(tiny_model_dir: Path, plain_model_dir: Path, encoder: ClipEncoder,
+                                                tmp_path: Path) -> None:
+    """Another model's towers under this encoder id, with a manifest that agrees with them: the probe against torch
+    catches what the digests cannot."""
+    other = _onnx(plain_model_dir, tmp_path / "other")
+    own = _export_files(tmp_path, encoder.encoder_id)
+    foreign = _export_files(tmp_path / "other", other.encoder_id)
+    for src, dst in zip(foreign[:2], own[:2]):
+        dst.write_bytes(src.read_bytes())
+    recorded = json.loads(foreign[2].read_text())
+    recorded["identity"]["encoder_id"] = encoder.encoder_id
+    recorded["sha256"] = {own[i].name: recorded["sha256"][foreign[i].name] for i in range(2)}
+    own[2].write_text(json.dumps(recorded))
+    enc = _onnx(tiny_model_dir, tmp_path)
+    assert own[0].read_bytes() != foreign[0].read_bytes()
+    _assert_matches_torch(enc, encoder)
+
+
+@pytest.mark.parametrize(("runtime", "device", "expected"), [
+    ("auto", "cpu", "onnx"),  # the faster CPU runtime in bench/bench_runtime.py
+    ("auto", "cuda", "torch"),  # ONNX Runtime's CUDA provider is not used
+    ("torch", "cpu", "torch"),
+    ("onnx", "cpu", "onnx"),
+])
+def test_resolve_runtime(runtime: str, device: str, expected: str) -> None:
+    assert resolve_runtime(runtime, device) == expected  # type: ignore[arg-type]
+
+
+def test_onnx_on_cuda_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="CLIPLABEL_RUNTIME=onnx"):
+        resolve_runtime("onnx", "cuda")
+
+
+def test_onnx_without_cache_dir_is_a_settings_error(tiny_model_dir: Path) -> None:
+    with pytest.raises(SettingsError, match="cache directory"):
+        load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu", runtime="onnx")
+
+
+def test_onnx_encodes_jpegs_like_torch(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    """The device-decode path (JPEG bytes decoded and resized by torchvision) feeds the ONNX image tower too."""
+    enc = _onnx(tiny_model_dir, tmp_path)
+    rng = np.random.default_rng(3)
+    blobs = [synthetic.encode_jpeg(synthetic.scene(rng, 96, 80)[0]) for _ in range(3)]
+    assert _min_cosine(enc.encode_jpegs(blobs), encoder.encode_jpegs(blobs)) >= MIN_COSINE
