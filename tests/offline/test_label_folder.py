@@ -33,7 +33,8 @@ def _folder(tmp: Path) -> dict[str, list]:
 
 def test_label_command_writes_a_yolo_dataset(tiny_model_dir: Path, tmp_path: Path) -> None:
     truth = _folder(tmp_path)
-    env = {**os.environ, "CLIPLABEL_MODEL": f"local-dir:{tiny_model_dir}", "CLIPLABEL_DATA_DIR": str(tmp_path / "d")}
+    env = {**os.environ, "CLIPLABEL_MODEL": f"local-dir:{tiny_model_dir}", "CLIPLABEL_DATA_DIR": str(tmp_path / "d"),
+           "CLIPLABEL_PROPOSAL_SIDE": "256"}  # the box benchmark's setting: 128 px misses small objects on these scenes
     env.pop("CLIPLABEL_REDIS_URL", None)
     proc = subprocess.run([sys.executable, "-m", "cliplabel.cli", "label", str(tmp_path / "imgs"), "--classes",
                            ",".join(CLASSES), "--out", str(tmp_path / "yolo"), "--format", "yolo", "--val", "0.25"],
