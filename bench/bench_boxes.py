@@ -53,6 +53,7 @@ VARIANTS: dict[str, DetectorConfig] = {
     "no-context": dataclasses.replace(BASE, context_factor=None),
     "proposal-side-128": dataclasses.replace(BASE, proposals=dataclasses.replace(BASE.proposals, proposal_side=128)),
     "margin-0.8": dataclasses.replace(BASE, boxes=dataclasses.replace(BASE.boxes, default_margin_threshold=0.8)),
+    "pad-0.1": dataclasses.replace(BASE, boxes=dataclasses.replace(BASE.boxes, pad_frac=0.1)),
 }
 Scene = tuple[Any, list[synthetic.SceneObject]]
 

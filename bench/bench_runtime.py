@@ -1,94 +1,206 @@
 """CPU runtimes of the encoder, measured in one run: torch fp32 against ONNX Runtime fp32 (CLIPLABEL_RUNTIME).
 
     flock /tmp/cliplabel-heavy.lock python bench/bench_runtime.py                 # ViT-B-32, random weights
-    python bench/bench_runtime.py --models tiny,ViT-B-32 --batch 32 --repeats 5 --threads 2
+    python bench/bench_runtime.py --models tiny,ViT-B-32 --batch 32 --repeats 3 --min-seconds 10 --threads 2 \
+        --extras int8,openvino
 
-Per model: image tower img/s on prepared uint8 arrays at `--batch` and text tower prompts/s (a prompt ensemble of
-`--prompts` texts), each the median with min–max over `--repeats` runs alternating between the runtimes, after one
-warm-up; the cosine of the ONNX embeddings to torch's (lowest over the batch); the export's one-time cost. Speed does
-not depend on weight values, so models without a local checkpoint run with random weights.
+Per model and tower (images: prepared uint8 arrays at `--batch`; texts: prompts in batches of 256, as a label set's
+warm-up encodes them): items/s of each runtime, the median with min–max over `--repeats` repeats. Each repeat does
+the same work in every runtime, sized so that torch spends at least `--min-seconds` on each tower over all repeats;
+within a repeat the runtimes take turns (in a rotating order), so contention from other processes falls on all of
+them alike. The ratio to torch is the ratio of medians, with the min–max of the per-repeat ratios.
+
+Rows:
+- torch fp32: what `CLIPLABEL_RUNTIME=torch` runs (channels-last, `--threads` intra-op threads);
+- onnx fp32: what `CLIPLABEL_RUNTIME=onnx` runs (the product's export, cache and session options);
+- `--extras int8`: the same export through ONNX Runtime's dynamic int8 quantisation (weights int8, activations
+  quantised per call). With random weights its cosine says nothing about accuracy; it is a speed row only;
+- `--extras spin`: the product's fp32 export with ONNX Runtime's default of idle threads spinning between ops (the
+  product turns it off: it shares its CPUs with Label Studio and its own download threads);
+- `--extras openvino`: the same fp32 export compiled by OpenVINO for the CPU (f32 precision hint), if installed.
+Also the cosine of each runtime's embeddings to torch's (lowest over the batch and the prompts), and the one-time
+cost of preparing it (export or quantisation or compilation). Speed does not depend on weight values, so models
+without a local checkpoint run with random weights (the same seed in every load).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+import open_clip
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cliplabel.model.encoder import load_encoder  # noqa: E402
+from cliplabel.model.encoder import ClipEncoder, export_paths, load_encoder  # noqa: E402
 from tests import tinyclip  # noqa: E402
 
+TEXT_BATCH = 256
+Encode = Callable[[np.ndarray], np.ndarray]
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
+
+@dataclass
+class Runtime:
+    """One way to run both towers: (N, S, S, 3) uint8 → (N, D), and (N, L) int64 tokens → (N, D)."""
+
+    name: str
+    images: Encode
+    tokens: Encode
+    prepare_s: float
+    img_rates: list[float] = field(default_factory=list)
+    txt_rates: list[float] = field(default_factory=list)
 
 
-def measure(name: str, args: argparse.Namespace, cache: Path) -> dict[str, Any]:
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def _ort_options(threads: int, spinning: bool = False) -> ort.SessionOptions:
+    # The product's session options (cliplabel.model.encoder._sessions): no spinning between ops, unless asked.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def _session_pair(image: Path, text: Path, threads: int, spinning: bool = False) -> tuple[Encode, Encode]:
+    sessions = [ort.InferenceSession(str(p), _ort_options(threads, spinning), providers=["CPUExecutionProvider"])
+                for p in (image, text)]
+    return (lambda x: np.asarray(sessions[0].run(None, {"images_u8": x})[0], np.float32),
+            lambda t: np.asarray(sessions[1].run(None, {"tokens": t})[0], np.float32))
+
+
+def int8_runtime(image: Path, text: Path, out: Path, threads: int) -> Runtime:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    started = time.perf_counter()
+    paths = []
+    for src in (image, text):
+        dst = out / f"{src.stem}-int8.onnx"
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        paths.append(dst)
+    images, tokens = _session_pair(paths[0], paths[1], threads)
+    return Runtime("onnx int8 (dynamic)", images, tokens, time.perf_counter() - started)
+
+
+def openvino_runtime(image: Path, text: Path, threads: int) -> Runtime:
+    import openvino as ov
+
+    started = time.perf_counter()
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    compiled = [core.compile_model(str(p), "CPU", config) for p in (image, text)]
+    return Runtime(f"openvino {ov.__version__.split('-')[0]} fp32",
+                   lambda x: np.asarray(compiled[0](x)[0], np.float32),
+                   lambda t: np.asarray(compiled[1](t)[0], np.float32), time.perf_counter() - started)
+
+
+def measure(name: str, args: argparse.Namespace, cache: Path) -> tuple[list[Runtime], dict[str, float]]:
     model = f"local-dir:{tinyclip.ensure_model()}" if name == "tiny" else name
+    tokenizer = open_clip.get_tokenizer(model)
     # The same random weights in every load (the export cache would otherwise, rightly, find its export stale).
     torch.manual_seed(0)
     torch_enc = load_encoder(model, None, "cpu", args.threads, runtime="torch")
     torch.manual_seed(0)
     started = time.perf_counter()
     onnx_enc = load_encoder(model, None, "cpu", args.threads, runtime="onnx", cache_dir=cache)
-    first_load_s = time.perf_counter() - started
-    torch.manual_seed(0)
-    started = time.perf_counter()
-    load_encoder(model, None, "cpu", args.threads, runtime="onnx", cache_dir=cache)
-    cached_load_s = time.perf_counter() - started
+    export_s = time.perf_counter() - started
+    image_path, text_path, _ = export_paths(cache, onnx_enc.encoder_id)
+
+    def texts_of(enc: ClipEncoder) -> Encode:
+        # The product's text path takes strings and tokenises them itself (part of what it pays per prompt): give it
+        # the prompts the token rows stand for. The extras get the token ids.
+        return lambda rows: enc.encode_texts(prompts[:len(rows)])
+
     size = torch_enc.image_size
-    batch = np.random.default_rng(0).integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8)
-    texts = [f"a photo of a {i} thing, number {i * 7}." for i in range(args.prompts)]
-    encoders = {"torch": torch_enc, "onnx": onnx_enc}
-    img: dict[str, list[float]] = {k: [] for k in encoders}
-    txt: dict[str, list[float]] = {k: [] for k in encoders}
-    for enc in encoders.values():  # warm-up: first calls allocate
-        enc.encode_images(batch[:2])
-        enc.encode_texts(texts[:2])
-    for _ in range(args.repeats):
-        for key, enc in encoders.items():
-            t0 = time.perf_counter()
-            enc.encode_images(batch)
-            img[key].append(args.batch / (time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            enc.encode_texts(texts)
-            txt[key].append(args.prompts / (time.perf_counter() - t0))
-    cos_img = float(np.min(np.sum(torch_enc.encode_images(batch) * onnx_enc.encode_images(batch), axis=1)))
-    cos_txt = float(np.min(np.sum(torch_enc.encode_texts(texts) * onnx_enc.encode_texts(texts), axis=1)))
-    return {"model": name, "img": img, "txt": txt, "cos_img": cos_img, "cos_txt": cos_txt,
-            "export_s": first_load_s, "cached_load_s": cached_load_s}
+    prompts = [f"a photo of a {i} thing, number {i * 7}." for i in range(TEXT_BATCH)]
+    tokens = tokenizer(prompts).numpy().astype(np.int64)
+    runtimes = [Runtime("torch fp32", torch_enc.encode_images, texts_of(torch_enc), 0.0),
+                Runtime("onnx fp32", onnx_enc.encode_images, texts_of(onnx_enc), export_s)]
+    extras = [e for e in args.extras.split(",") if e]
+    with tempfile.TemporaryDirectory() as tmp:
+        if "int8" in extras:
+            runtimes.append(int8_runtime(image_path, text_path, Path(tmp), args.threads))
+        if "spin" in extras:
+            started = time.perf_counter()
+            images_fn, tokens_fn = _session_pair(image_path, text_path, args.threads, spinning=True)
+            runtimes.append(Runtime("onnx fp32, threads spin", images_fn, tokens_fn, time.perf_counter() - started))
+        if "openvino" in extras:
+            try:
+                runtimes.append(openvino_runtime(image_path, text_path, args.threads))
+            except ImportError:
+                print(f"{name}: openvino is not installed; no OpenVINO row", file=sys.stderr)
+        batch = np.random.default_rng(0).integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8)
+        for rt in runtimes:  # warm-up: first calls allocate
+            rt.images(batch[:2])
+            rt.tokens(tokens[:2])
+        # Size the work: torch must spend at least --min-seconds per tower over all repeats.
+        t0 = time.perf_counter()
+        runtimes[0].images(batch)
+        n_batches = max(1, math.ceil(args.min_seconds / args.repeats / (time.perf_counter() - t0)))
+        t0 = time.perf_counter()
+        runtimes[0].tokens(tokens)
+        n_text = max(1, math.ceil(args.min_seconds / args.repeats / (time.perf_counter() - t0)))
+        print(f"{name}: per repeat and runtime, {n_batches} × {args.batch} images and {n_text} × {TEXT_BATCH} "
+              "prompts", file=sys.stderr, flush=True)
+        for rep in range(args.repeats):
+            order = runtimes[rep % len(runtimes):] + runtimes[:rep % len(runtimes)]
+            for rt in order:
+                t0 = time.perf_counter()
+                for _ in range(n_batches):
+                    rt.images(batch)
+                rt.img_rates.append(n_batches * args.batch / (time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                for _ in range(n_text):
+                    rt.tokens(tokens)
+                rt.txt_rates.append(n_text * TEXT_BATCH / (time.perf_counter() - t0))
+        want_img, want_txt = runtimes[0].images(batch), runtimes[0].tokens(tokens)
+        cosines = {}
+        for rt in runtimes:
+            got_img, got_txt = rt.images(batch), rt.tokens(tokens)
+            cosines[rt.name] = min(float(np.min(np.sum(got_img * want_img, axis=1))),
+                                   float(np.min(np.sum(got_txt * want_txt, axis=1))))
+    return runtimes, cosines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="ViT-B-32")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--prompts", type=int, default=256, help="texts per prompt-ensemble run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--min-seconds", type=float, default=10.0, help="torch's work per tower over all repeats")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--extras", default="spin,int8,openvino",
+                        help="extra rows: spin, int8, openvino (comma-separated)")
     args = parser.parse_args()
-    print(f"batch {args.batch}, {args.prompts} prompts, {args.threads} threads, {args.repeats} repeats "
-          "(median, min–max)")
-    print("| model | tower | torch fp32 /s | onnx fp32 /s | onnx ÷ torch (median) | cosine (min) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"batch {args.batch} images / {TEXT_BATCH} prompts, {args.threads} threads, {args.repeats} repeats of "
+          f"≥ {args.min_seconds / args.repeats:.1f} s of torch work per tower (median, min–max)")
+    print("| model | tower | runtime | per s | ÷ torch fp32: median (per-repeat min–max) | cosine to torch (min) "
+          "| prepare s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            r = measure(name, args, Path(tmp) / "onnx")
-            for tower, unit, cos in (("img", "images", r["cos_img"]), ("txt", "prompts", r["cos_txt"])):
-                t, o = r[tower]["torch"], r[tower]["onnx"]
-                ratio = statistics.median(o) / statistics.median(t)
-                print(f"| {name} | {unit} | {spread(t)} | {spread(o)} | {ratio:.2f}× | {cos:.7f} |")
-            print(f"| {name} | first load with export | | {r['export_s']:.1f} s | | |")
-            print(f"| {name} | load from the export cache | | {r['cached_load_s']:.1f} s | | |")
+            runtimes, cosines = measure(name, args, Path(tmp) / "onnx")
+            base = runtimes[0]
+            for tower, attr in (("images", "img_rates"), ("prompts", "txt_rates")):
+                ref: list[float] = getattr(base, attr)
+                for rt in runtimes:
+                    rates: list[float] = getattr(rt, attr)
+                    per_rep = [r / b for r, b in zip(rates, ref)]
+                    ratio = statistics.median(rates) / statistics.median(ref)
+                    print(f"| {name} | {tower} | {rt.name} | {spread(rates)} | {ratio:.2f}× "
+                          f"({min(per_rep):.2f}–{max(per_rep):.2f}) | {cosines[rt.name]:.7f} | {rt.prepare_s:.1f} |")
     return 0
 
 

@@ -69,6 +69,9 @@ def test_only_labelstudio_knows_label_studio_json_names() -> None:
 PROBES_ALLOWED = {
     ("cliplabel/vision/images.py", "is_animated"),  # PIL sets it only on multi-frame formats
     ("cliplabel/model/encoder.py", "logit_scale"),  # open_clip models without a learned temperature lack it
+    # open_clip's text towers differ: only a causal, argmax-pooled one may have its padding trimmed
+    ("cliplabel/model/encoder.py", "text_pool_type"),
+    ("cliplabel/model/encoder.py", "attn_mask"),
     ("cliplabel/store/sqlite_store.py", "conn"),  # threading.local: one SQLite connection per thread
 }
 

@@ -1,4 +1,4 @@
-"""Boxes for `<RectangleLabels>` through the real HTTP app with the real tiny CLIP."""
+"""Boxes for `<RectangleLabels>` through the real HTTP app, on both tiny CLIPs (the framed one and the plain one)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ BOX_CONFIG = f'<View><Image name="image" value="$image"/><RectangleLabels name="
 BOTH_CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toName="image">'
                + "".join(f'<Choice value="{c}"/>' for c in CLASSES) + "</Choices>"
                + f'<RectangleLabels name="bbox" toName="image">{LABELS}</RectangleLabels></View>')
+
+
+@pytest.fixture(scope="session")
+def encoder(any_encoder):  # type: ignore[no-untyped-def]
+    """Every test here runs on both test models: `serve` (tests/conftest.py) builds the app on this encoder."""
+    return any_encoder
 
 
 def _setup(http, url: str, host_url: str, config: str) -> str:  # type: ignore[no-untyped-def]
@@ -121,9 +127,8 @@ def test_interactive_box_over_background_gets_no_label(serve, make_store, image_
 
 
 def test_interactive_keypoint_proposes_the_box_around_it(serve, make_store, image_host, http) -> None:  # type: ignore[no-untyped-def]
-    # proposals at 256 px, the box path's measured default (bench/bench_boxes.py); at 128 px this star's tight box
-    # loses to a looser one that it does not lie inside
-    live = serve(make_store("embedded"), proposal_side=256)
+    # proposals at the server's default side, 256 px, as the box benchmark measures them
+    live = serve(make_store("embedded"))
     img, objs = synthetic.scene(np.random.default_rng(12), 256, 256, n_objects=2, min_radius_frac=0.12)
     task = {"id": 7, "data": {"image": image_host.add("/data/upload/k.png", synthetic.encode_png(img))}}
     config = BOX_CONFIG.replace("</View>", '<KeyPointLabels name="kp" toName="image" smart="true">'

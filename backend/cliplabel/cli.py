@@ -1,5 +1,5 @@
-"""`cliplabel`, the command line: `serve` and `worker` run the backend; `health`, `label`, `prelabel` and `report` are
-one-shot commands (see `parser()` for all six and their options)."""
+"""`cliplabel`, the command line: `serve` and `worker` run the backend; `health`, `label`, `prelabel`, `report`,
+`review`, `search`, `accept` and `audit` are one-shot commands (see `parser()` for all of them and their options)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from cliplabel.core.errors import CliplabelError, SettingsError
 from cliplabel.core.settings import Settings
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `--help` stays fast
+    from cliplabel.services.accept import AcceptReport
     from cliplabel.services.bulk import JobStatus
 
 logger = logging.getLogger("cliplabel")
@@ -199,8 +200,100 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace, settings: Settings) -> int:
+    from cliplabel.container import build_services
+
+    services = build_services(settings, worker=True)
+    try:
+        done = services.review.start(args.project, args.title, update_predictions=not args.keep_predictions)
+    finally:
+        services.close(close_store=True)
+    print(f"project {done.project_id}: sampling {done.sampling!r} over {done.model_version}; view {done.view_id} "
+          f"{done.view_title!r}; {done.tasks_placed} tasks in {done.clusters} clusters, "
+          f"{done.predictions_updated} predictions updated, {done.tasks_without_embedding} tasks not encoded yet")
+    return 0
+
+
+def _search(args: argparse.Namespace, settings: Settings) -> int:
+    from cliplabel.container import build_services
+
+    services = build_services(settings, worker=True)
+    try:
+        if args.duplicates is not None:
+            groups, found = services.search.duplicates(args.project, args.duplicates)
+            print(f"project {args.project}: {len(groups)} groups at cosine >= {args.duplicates} among "
+                  f"{len(found.task_ids)} tasks ({found.missing} not encoded yet)")
+            for group in groups:
+                print(" ".join(str(t) for t in group))
+            return 0
+        found_ranked = (services.search.by_text(args.project, args.text, args.k) if args.text is not None
+                        else services.search.by_task(args.project, args.task, args.k))
+    finally:
+        services.close(close_store=True)
+    print(f"project {args.project}: {found_ranked.indexed} tasks searched ({found_ranked.missing} not encoded yet)")
+    for rank, (task, score) in enumerate(zip(found_ranked.task_ids, found_ranked.scores), 1):
+        print(f"{rank:4d}  task {task}  {score:.4f}")
+    return 0
+
+
+def _accept(args: argparse.Namespace, settings: Settings) -> int:
+    from cliplabel.container import build_services
+
+    services = build_services(settings, worker=True)
+    progress, close_bar = _job_progress()
+    try:
+        if args.undo:
+            deleted = services.accept.undo(args.project, args.job)
+            print(f"project {args.project}: {deleted} auto-accepted annotations deleted")
+            return 0
+        report = services.auto_accept(args.project, True, args.target, args.confidence) if args.dry_run \
+            else services.accept.start(args.project, args.target, args.confidence, args.batch)
+        _print_accept(report)
+        if report.job is not None:
+            with logging_redirect_tqdm():
+                status = services.accept.run(report.job.job_id, progress=progress)
+            close_bar()
+            print(f"job {status.job_id}: {status.predicted} annotations made, {status.failed} tasks left alone")
+            for error in status.errors:
+                print(f"  {error}", file=sys.stderr)
+    finally:
+        close_bar()
+        services.close(close_store=True)
+    return 0
+
+
+def _print_accept(report: AcceptReport) -> None:
+    print(f"project {report.project_id} ({report.model_version}): target precision {report.target} at "
+          f"{report.confidence:.0%} confidence, from {report.heldout} human labels scored out of sample")
+    for t in report.thresholds:
+        where = "—" if t.threshold is None else f">= {t.threshold:.4f}"
+        print(f"  {t.label:<24} {where:<10} {t.source:<7} {t.heldout_correct}/{t.heldout} held out, "
+              f"lower bound {t.lower_bound:.4f}, accepts {report.per_class.get(t.label, 0)}")
+    print(f"{'would accept' if report.job is None else 'accepting'} {report.accepted} of {report.candidates} tasks "
+          f"without annotation (coverage {report.coverage:.1%}); expected errors {report.expected_errors:.1f} "
+          f"(at most {report.errors_upper:.1f} at the bounds); {report.not_encoded} tasks not encoded yet")
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from cliplabel.container import build_services
+
+    services = build_services(settings, worker=True)
+    try:
+        found = services.audit_labels(args.project, write=not args.dry_run)
+    finally:
+        services.close(close_store=True)
+    print(f"project {found.project_id} ({found.model_version}): {found.labelled} human labels audited "
+          f"({found.not_audited} left out), {len(found.suspects)} suspect, {found.predictions_marked} predictions "
+          f"marked, view {found.view_id} {found.view_title or ''}")
+    for s in found.suspects[:args.show]:
+        print(f"  task {s.task_id} annotation {s.annotation_id}: {s.label!r}, looks like {s.suggested!r} "
+              f"(mislabeling {s.mislabeling:.3f})")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
-    "serve": _serve, "worker": _worker, "health": _health, "label": _label, "prelabel": _prelabel, "report": _report}
+    "serve": _serve, "worker": _worker, "health": _health, "label": _label, "prelabel": _prelabel, "report": _report,
+    "review": _review, "search": _search, "accept": _accept, "audit": _audit}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -240,6 +333,34 @@ def parser() -> argparse.ArgumentParser:
                          help="quality report of a project: per-class counts, scores, acceptance, learning")
     rep.add_argument("--project", type=int, required=True)
     rep.add_argument("--out", required=True, help="directory for report.md and its PNG plots")
+    rev = sub.add_parser("review", parents=[quiet],
+                         help="review the uncertain first: uncertainty sampling, clusters, a least-certain view")
+    rev.add_argument("--project", type=int, required=True)
+    rev.add_argument("--title", default="Review: least certain first", help="the Data Manager view's title")
+    rev.add_argument("--keep-predictions", action="store_true",
+                     help="do not set cluster and neighbours on the stored predictions")
+    find = sub.add_parser("search", parents=[quiet],
+                          help="rank a project's tasks by a text or an example task, or list near-duplicates")
+    find.add_argument("--project", type=int, required=True)
+    what = find.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="e.g. 'a red circle'")
+    what.add_argument("--task", type=int, help="a task id: the tasks whose image is most like its image")
+    what.add_argument("--duplicates", type=float, metavar="COSINE", help="groups at this cosine, e.g. 0.97")
+    find.add_argument("-k", type=int, default=20, help="how many tasks to print (default 20)")
+    acc = sub.add_parser("accept", parents=[quiet],
+                         help="auto-accept the predictions certain enough, at a measured precision (marked, undoable)")
+    acc.add_argument("--project", type=int, required=True)
+    acc.add_argument("--dry-run", action="store_true", help="only print the thresholds and what would be accepted")
+    acc.add_argument("--target", type=float, default=0.98, help="precision to certify (default 0.98)")
+    acc.add_argument("--confidence", type=float, default=0.95, help="of the Clopper-Pearson bound (default 0.95)")
+    acc.add_argument("--batch", type=int, default=64, help="tasks per chunk of the job")
+    acc.add_argument("--undo", action="store_true", help="delete auto-accepted annotations not edited since")
+    acc.add_argument("--job", help="with --undo: only this accept job's")
+    aud = sub.add_parser("audit", parents=[quiet],
+                         help="find human labels that likely disagree with their image (confident learning)")
+    aud.add_argument("--project", type=int, required=True)
+    aud.add_argument("--dry-run", action="store_true", help="do not write mislabeling scores or the view")
+    aud.add_argument("--show", type=int, default=20, help="suspects to print (default 20)")
     return main_parser
 
 

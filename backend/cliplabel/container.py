@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,10 @@ from cliplabel.labelstudio.fetch import ImageFetcher
 from cliplabel.model.batcher import MicroBatcher
 from cliplabel.model.embeddings import EmbeddingService
 from cliplabel.services import report
+from cliplabel.services.accept import AcceptReport, AutoAccept
+from cliplabel.services.audit import AuditReport, AuditService, ProjectLabels
 from cliplabel.services.bulk import BulkJobs, JobKind, JobStatus
+from cliplabel.services.bulk.rescore import CachedRescorer
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.services.detect import DEFAULT_BACKGROUND_PROMPTS, BoxDetector, DetectorConfig
 from cliplabel.services.feedback import ExampleMaker, FeedbackService, Trainer
@@ -33,6 +37,8 @@ from cliplabel.services.feedback.confirm import AnnotationConfirmer
 from cliplabel.services.predict import Predictor
 from cliplabel.services.reference_index import ReferenceIndex
 from cliplabel.services.report import QualityReport
+from cliplabel.services.review import ReviewService
+from cliplabel.services.search import ProjectIndex, SearchService
 from cliplabel.services.versions import current_version, known_versions
 from cliplabel.store import Store, open_store
 from cliplabel.store.heads import HeadStore
@@ -65,6 +71,12 @@ class Services:
     embeddings: EmbeddingService
     detector: BoxDetector
     class_vectors: ClassVectors
+    # Review the uncertain first (sampling, views, clusters) and search by text or example.
+    review: ReviewService
+    search: SearchService
+    # Auto-accept at a measured precision, and the label audit (confident learning).
+    accept: AutoAccept
+    audit: AuditService
 
     def health(self) -> dict[str, Any]:
         return {"status": "UP", "model_class": "cliplabel", "model": self.slug,
@@ -156,10 +168,40 @@ class Services:
         schema = state.label_config if state else client.label_config(int(pid))
         config = label_config.parse_label_config(schema)
         version = current_version(self.store, pid, self.encoder.encoder_id, self.slug)
-        return report.build_report(pid, version.name, list(client.tasks(int(pid))), client.predictions(int(pid)),
-                                   self.store.list_versions(pid, self.encoder.encoder_id),
-                                   self.store.list_feedback(pid),
-                                   [(c.from_name, v) for c in config.controls for v in c.values])
+        built = report.build_report(pid, version.name, list(client.tasks(int(pid))), client.predictions(int(pid)),
+                                    self.store.list_versions(pid, self.encoder.encoder_id),
+                                    self.store.list_feedback(pid),
+                                    [(c.from_name, v) for c in config.controls for v in c.values])
+        if not any(c.kind == "choices" and not c.multiple for c in config.controls):
+            return built  # the label audit needs a single-choice control
+        try:
+            audit = self.audit.audit(pid, write=False)
+        except CliplabelError as exc:  # the audit is one section of the report: the rest still answers
+            logger.warning("report project=%s: no label audit: %s", pid, exc.detail)
+            return built
+        return dataclasses.replace(built, audited_labels=audit.labelled, suspect_labels=tuple(
+            (s.task_id, s.label, s.suggested, s.mislabeling) for s in audit.suspects))
+
+    def auto_accept(self, project: object, dry_run: bool, target: float, confidence: float,
+                    chunk_size: int = 64) -> AcceptReport:
+        """A dry run answers what accepting would do; otherwise the job is recorded and applied in the background
+        (its status: `GET /accept/{job_id}`)."""
+        if dry_run:
+            return self.accept.dry_run(project, target, confidence)
+        report = self.accept.start(project, target, confidence, chunk_size)
+        if report.job is not None:
+            self.pool.submit(self._apply_accept, report.job.job_id)
+        return report
+
+    def _apply_accept(self, job_id: str) -> None:
+        try:
+            self.accept.run(job_id)
+        except CliplabelError as exc:
+            logger.warning("accept job=%s failed: %s", job_id, exc.detail)
+            self.accept.journal.record_error(job_id, exc.detail, final=True)
+
+    def audit_labels(self, project: object, write: bool) -> AuditReport:
+        return self.audit.audit(project, write)
 
     def close(self, close_store: bool) -> None:
         if self.trigger is not None:
@@ -255,7 +297,7 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
     pool = ThreadPoolExecutor(max_workers=settings.fetch_workers, thread_name_prefix="cliplabel-io")
     device_decode = settings.decode == "device" or (settings.decode == "auto" and encoder.device.startswith("cuda"))
     embeddings = EmbeddingService(encoder, store, settings.batch_size, settings.max_image_pixels, pool, metrics,
-                                  device_decode=device_decode)
+                                  device_decode=device_decode, matrix_dtype=settings.matrix_dtype)
     fetcher = ImageFetcher(settings.max_image_bytes, settings.fetch_timeout_s, settings.local_files_root,
                            pool_size=settings.fetch_workers)
     defaults = LabelStudioDefaults(
@@ -273,6 +315,13 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
     heads = HeadStore(store)
     clients = ProjectClients(store.get_project, connections.client)
     bulk = BulkJobs(store, predictor, clients, encoder.encoder_id, slug, heads.heads_for)
+    project_index = ProjectIndex(store, clients, connections, predictor.references)
+    encoder_id = encoder.encoder_id
+    review = ReviewService(store, clients, project_index,
+                           lambda pid: current_version(store, pid, encoder_id, slug).name)
+    bulk.runner.rescorer = CachedRescorer(predictor)
+    project_labels = ProjectLabels(store, clients, project_index, embeddings, class_vectors, encoder_id, slug,
+                                   heads.heads_for)
     dispatcher: Dispatcher | None = None
     if settings.redis_url:
         # Workers dispatch too: a retrain in a worker starts its re-score on the bulk queue.
@@ -295,4 +344,6 @@ def build_services(settings: Settings, encoder: Encoder | None = None, store: St
         trigger = RqTrigger(settings.redis_url, settings.redis_prefix) if settings.redis_url else BackgroundThread(feedback)
     return Services(settings=settings, encoder=encoder, store=store, predictor=predictor, metrics=metrics,
                     pool=pool, slug=slug, feedback=feedback, trigger=trigger, bulk=bulk, dispatcher=dispatcher,
-                    clients=clients, embeddings=embeddings, detector=detector, class_vectors=class_vectors)
+                    clients=clients, embeddings=embeddings, detector=detector, class_vectors=class_vectors,
+                    review=review, search=SearchService(project_index, embeddings, templates),
+                    accept=AutoAccept(project_labels, clients, store), audit=AuditService(project_labels, clients))

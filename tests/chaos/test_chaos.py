@@ -203,12 +203,13 @@ class Annotator:
                 self.expected[int(ann["id"])] = labels[-1]
 
 
-def test_chaos(ls_ready, tiny_model_dir, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_chaos(ls_ready, tiny_model_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     seed = int(os.environ.get("CLIPLABEL_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**6))
     faults = schedule(seed, horizon_s=60.0)
-    print(f"\nchaos seed={seed} (replay: CLIPLABEL_CHAOS_SEED={seed})")
-    for at, what, which in faults:
-        print(f"  t={at:5.1f}s {what}{'' if which < 0 else f' worker{which}'}")
+    with capsys.disabled():  # the seed and schedule reach the terminal on a pass too: a run can be named and replayed
+        print(f"\nchaos seed={seed} (replay: CLIPLABEL_CHAOS_SEED={seed})")
+        for at, what, which in faults:
+            print(f"  t={at:5.1f}s {what}{'' if which < 0 else f' worker{which}'}")
     started = time.monotonic()
     redis = RedisServer(tmp_path)
     redis.start()
@@ -306,9 +307,10 @@ def test_chaos(ls_ready, tiny_model_dir, tmp_path: Path) -> None:  # type: ignor
         assert store.pending_events(10) == [] and store.event_projects() == []
         lat_ms = sorted(x * 1000 for x in annotator.latencies_s)
         p95 = lat_ms[int(0.95 * (len(lat_ms) - 1))]
-        print(f"chaos seed={seed}: {backend.started} worker starts, {N_TASKS} tasks, 200 events, counters {counts}; "
-              f"webhook median {statistics.median(lat_ms):.1f} ms p95 {p95:.1f} ms max {lat_ms[-1]:.1f} ms; "
-              f"chaos phase {chaos_s:.0f} s, whole test {time.monotonic() - started:.0f} s")
+        with capsys.disabled():
+            print(f"chaos seed={seed}: {backend.started} worker starts, {N_TASKS} tasks, 200 events, counters {counts}; "
+                  f"webhook median {statistics.median(lat_ms):.1f} ms p95 {p95:.1f} ms max {lat_ms[-1]:.1f} ms; "
+                  f"chaos phase {chaos_s:.0f} s, whole test {time.monotonic() - started:.0f} s")
         assert p95 < 100, f"/webhook p95 {p95:.1f} ms"
         store.close()
     finally:

@@ -10,6 +10,7 @@ import pytest
 
 from cliplabel.core.errors import SettingsError
 from cliplabel.model.encoder import ClipEncoder, load_encoder, resolve_runtime
+from cliplabel.model.files import file_digest
 from tests import synthetic
 
 MIN_COSINE = 0.9999
@@ -53,6 +54,24 @@ def test_onnx_embeddings_match_torch(any_model_dir: Path, any_encoder: ClipEncod
     assert enc.encode_texts([]).shape == (0, enc.embed_dim)
 
 
+def test_trimmed_prompts_match_full_context(any_encoder: ClipEncoder) -> None:
+    """The torch text path cuts the padding after a batch's longest prompt: the vectors are open_clip's own, over the
+    full context length, whatever the batch's lengths (one word, an empty prompt, a long one)."""
+    import open_clip
+    import torch
+
+    model = any_encoder._model
+    texts = [*TEXTS, "", "a photo of a " + "very " * 8 + "large red circle in the middle of a dark blue background."]
+    tokens = any_encoder._tokenizer(texts)
+    with torch.inference_mode():
+        want = model.encode_text(tokens, normalize=True).float().numpy()
+    assert type(model) is open_clip.CLIP  # the test models are the kind the trimming applies to
+    assert int(tokens[:2].argmax(dim=-1).max()) + 1 < tokens.shape[1]  # there is padding to cut
+    for batch in (texts, texts[:2], texts[3:4]):
+        got = any_encoder.encode_texts(batch)
+        assert _min_cosine(got, want[[texts.index(t) for t in batch]]) >= 0.99999
+
+
 def _export_files(cache: Path, encoder_id: str) -> tuple[Path, Path, Path]:
     return (cache / f"{encoder_id}-image.onnx", cache / f"{encoder_id}-text.onnx",
             cache / f"{encoder_id}-manifest.json")
@@ -87,6 +106,30 @@ def test_stale_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp
     manifest.write_text(json.dumps(stale))
     enc = _onnx(tiny_model_dir, tmp_path)
     assert json.loads(manifest.read_text())["identity"] == recorded["identity"]
+    _assert_matches_torch(enc, encoder)
+
+
+def test_unloadable_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    """Bytes that are no ONNX model, with a manifest that agrees with them: ONNX Runtime's load error rebuilds."""
+    _onnx(tiny_model_dir, tmp_path)
+    image, _, manifest = _export_files(tmp_path, encoder.encoder_id)
+    image.write_bytes(b"not an onnx model")
+    recorded = json.loads(manifest.read_text())
+    recorded["sha256"][image.name] = file_digest(image)
+    manifest.write_text(json.dumps(recorded))
+    enc = _onnx(tiny_model_dir, tmp_path)
+    assert image.read_bytes() != b"not an onnx model"
+    _assert_matches_torch(enc, encoder)
+
+
+def test_export_without_manifest_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    """An export interrupted before its manifest was written (the manifest comes last) is never trusted."""
+    _onnx(tiny_model_dir, tmp_path)
+    image, _, manifest = _export_files(tmp_path, encoder.encoder_id)
+    manifest.unlink()
+    stamp = image.stat().st_mtime_ns
+    enc = _onnx(tiny_model_dir, tmp_path)
+    assert manifest.exists() and image.stat().st_mtime_ns != stamp
     _assert_matches_torch(enc, encoder)
 
 

@@ -49,11 +49,12 @@ def test_boxes_on_varied_empty_and_clutter_scenes(detector: BoxDetector) -> None
     found = detector.detect(_items(varied + empty), _control(scenes.ALL_CLASSES))
     score = evaluate([[(r.bbox_xyxy, r.label, r.score) for r in regs] for regs in found[:12]],
                      [[(o.bbox_xyxy, o.name) for o in objs] for _, objs in varied])
-    # bench/bench_boxes.py on 120 scenes: recall 0.73–0.83, AP50 (pycocotools) 0.58–0.68 across the two models
+    # bench/bench_boxes.py on 120 scenes: recall 0.90, AP50 (pycocotools) 0.80–0.81 across the two models; on 12
+    # scenes this asserts less, to stay clear of noise
     assert score.recall50 >= 0.6, score
     assert score.ap50 >= 0.4, score
     assert sum(len(f) for f in found[12:]) <= 1  # empty scenes: ≤ 0.25 per scene
-    # shapes of colours the config does not name are not boxed: ≤ 0.5 per scene (bench: 0.03–0.33)
+    # shapes of colours the config does not name are not boxed: ≤ 0.5 per scene (bench: 0.10 on both)
     on_clutter = detector.detect(_items(clutter), _control(scenes.CLUTTER_CONFIG_CLASSES))
     assert sum(len(f) for f in on_clutter) <= 3, [[r.label for r in f] for f in on_clutter]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -33,6 +34,12 @@ def test_heads_round_trip_exactly(n_background: int) -> None:
     assert sorted(loaded) == ["box", "kind"]
     for name, head in heads.items():
         _assert_same(loaded[name], head)
+
+
+def test_a_box_threshold_round_trips_and_old_records_load_without() -> None:
+    head = dataclasses.replace(_head("box", 2), box_threshold=0.98)
+    assert load_heads(dump_heads({"box": head}))["box"].box_threshold == 0.98
+    assert load_heads(dump_heads({"box": _head("box", 2)}))["box"].box_threshold is None
 
 
 def test_a_record_with_prompt_weights_still_loads() -> None:

@@ -9,10 +9,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 
-from cliplabel.api.schemas import JOB_ID_PATTERN, JobRequest, PredictRequest, SetupRequest, WebhookRequest
+from cliplabel.api.schemas import (
+    JOB_ID_PATTERN,
+    AcceptRequest,
+    AuditRequest,
+    JobRequest,
+    PredictRequest,
+    ReviewRequest,
+    SetupRequest,
+    UndoAcceptRequest,
+    WebhookRequest,
+)
 from cliplabel.container import Services
 from cliplabel.core.errors import InvalidRequestError, UnauthorizedError
 from cliplabel.labelstudio import format as ls_format
@@ -88,3 +98,68 @@ def versions(request: Request, project: str | None = None) -> dict[str, Any]:
 @router.get("/metrics")
 def metrics(request: Request) -> dict[str, Any]:
     return _services(request).metrics_snapshot()
+
+
+@router.post("/review")
+def review(body: ReviewRequest, request: Request) -> dict[str, Any]:
+    """Uncertainty sampling on, clusters on the stored predictions, and a Data Manager view, least certain first."""
+    return dataclasses.asdict(_services(request).review.start(body.project, body.title, body.update_predictions))
+
+
+@router.get("/search")
+def search(request: Request, project: str, q: str | None = Query(default=None, max_length=500),
+           task: int | None = None, k: int = Query(default=20, ge=1, le=1000)) -> dict[str, Any]:
+    """The project's tasks ranked by cosine similarity of their cached image embedding to a text (`q`) or to
+    another task's image (`task`)."""
+    if q is not None and task is None:
+        found = _services(request).search.by_text(project, q, k)
+    elif task is not None and q is None:
+        found = _services(request).search.by_task(project, task, k)
+    else:
+        raise InvalidRequestError("give exactly one of q (a text) or task (a task id)")
+    return {"project": ls_format.project_id(project), "query": {"q": q} if q is not None else {"task": task},
+            "indexed": found.indexed, "missing": found.missing,
+            "results": [{"task": t, "score": s} for t, s in zip(found.task_ids, found.scores)]}
+
+
+@router.get("/duplicates")
+def duplicates(request: Request, project: str,
+               threshold: float = Query(default=0.97, gt=0.0, le=1.0)) -> dict[str, Any]:
+    """Groups of the project's tasks whose images' cosine similarity reaches `threshold` (single linkage)."""
+    groups, found = _services(request).search.duplicates(project, threshold)
+    return {"project": found.project_id, "threshold": threshold, "indexed": len(found.task_ids),
+            "missing": found.missing, "groups": groups}
+
+
+@router.post("/accept")
+def auto_accept(body: AcceptRequest, request: Request, response: Response) -> dict[str, Any]:
+    """Certified per-class thresholds, coverage and expected errors; without `dry_run`, also a job that turns the
+    predictions above them into marked annotations (202; poll `GET /accept/{job_id}`)."""
+    report = _services(request).auto_accept(body.project, body.dry_run, body.target, body.confidence,
+                                            body.chunk_size)
+    if report.job is not None:
+        response.status_code = 202
+    return dataclasses.asdict(report)
+
+
+@router.get("/accept/{job_id}")
+def accept_status(request: Request, job_id: str = PathParam(pattern=JOB_ID_PATTERN)) -> dict[str, Any]:
+    return _services(request).accept.status(job_id).as_json()
+
+
+@router.post("/accept/undo")
+def undo_accept(body: UndoAcceptRequest, request: Request) -> dict[str, Any]:
+    return {"project": ls_format.project_id(body.project), "job_id": body.job_id,
+            "deleted": _services(request).accept.undo(body.project, body.job_id)}
+
+
+@router.get("/audit")
+def audit(project: str, request: Request) -> dict[str, Any]:
+    """Human labels that likely disagree with their image (confident learning on cross-validated probabilities);
+    a read: `POST /audit` also writes `mislabeling` to the predictions and a view of the suspects."""
+    return dataclasses.asdict(_services(request).audit_labels(project, write=False))
+
+
+@router.post("/audit")
+def audit_and_mark(body: AuditRequest, request: Request) -> dict[str, Any]:
+    return dataclasses.asdict(_services(request).audit_labels(body.project, write=True))

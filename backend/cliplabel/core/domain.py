@@ -194,7 +194,9 @@ class TaskPrediction:
 
     @property
     def score(self) -> float:
-        """The prediction's overall score: the mean of its results' scores (0 when there are none)."""
+        """The prediction's overall score: the mean of its results' scores (0 when there are none). For one
+        `<Choices>` it is the calibrated probability of the top choice: the chance the pre-label is right, so the
+        lowest score is the task whose human answer corrects (and teaches) the most."""
         scores = [c.score for c in self.choices] + [r.score for r in self.regions]
         return float(sum(scores) / len(scores)) if scores else 0.0
 
@@ -264,6 +266,11 @@ class AnnotationEvent:
     # True when this is what Label Studio's API stores (its export, or the annotation fetched by id), not what a
     # webhook's body claims.
     confirmed: bool = False
+    # Label Studio's `parent_prediction`: the prediction the annotation was made from (None: made by hand).
+    parent_prediction: int | None = None
+    # Made by auto-accept from one of its `<version>.accepted` predictions and unchanged since: no person's label
+    # (set by whoever has seen the parent prediction: the export reader or the confirmer).
+    auto_accepted: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,12 +293,45 @@ class FeedbackExample:
 
 
 @dataclass(frozen=True)
+class HeadMemory:
+    """A head's memory of what annotators labelled: image embeddings (or centroids of several) per class.
+
+    `keys`: (M, D) float32, L2-normalised image embeddings, grouped by class (`labels` non-decreasing).
+    `labels`: (M,) int64 class index of each key. `weights`: (M,) float32 > 0, how many examples each key stands for.
+    `gap`: (D,) the modality gap the keys are moved across before they meet text vectors. `beta`: the affinity
+    sharpness (small: a class's keys average into a prototype; large: the nearest key decides). `ratio`: the memory's
+    share of a labelled class's score, in (0, 1]; the rest stays with the text-anchored class vector.
+    """
+
+    keys: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    weights: np.ndarray = field(repr=False)
+    gap: np.ndarray = field(repr=False)
+    beta: float
+    ratio: float
+
+    def __post_init__(self) -> None:
+        m = len(self.keys)
+        if self.keys.ndim != 2 or m == 0 or self.labels.shape != (m,) or self.weights.shape != (m,) \
+                or self.gap.shape != (self.keys.shape[1],):
+            raise ValueError(f"memory of keys {self.keys.shape}, labels {self.labels.shape}, weights "
+                             f"{self.weights.shape}, gap {self.gap.shape} does not fit together")
+        if np.any(np.diff(self.labels) < 0) or np.any(self.weights <= 0):
+            raise ValueError("memory keys must be grouped by class, with positive weights")
+        if not (self.beta > 0 and 0 < self.ratio <= 1):
+            raise ValueError(f"memory beta {self.beta} must be positive and ratio {self.ratio} in (0, 1]")
+
+
+@dataclass(frozen=True)
 class Head:
     """A control's learned classifier, served in place of its zero-shot class vectors while its labels match.
 
     `class_vecs`: (K, D) float32, L2-normalised, one row per label. `background_vecs`: (B, D) float32 learned from
     rejected boxes (B may be 0). `logit_scale`: the softmax temperature. `alpha`: the weight of the labelled
-    examples' prototypes against the text vectors (0 = zero-shot).
+    examples' prototypes against the text vectors (0 = zero-shot). `memory`: labelled examples that add to their
+    class's score (None: the class vectors alone); `cliplabel.vision.classify.head_similarities` is the one scorer.
+    `box_threshold`: for a box head, the margin threshold chosen on annotated scenes (None: the detector's default;
+    a `model_score_threshold` in the label config always wins).
     """
 
     from_name: str
@@ -300,6 +340,8 @@ class Head:
     background_vecs: np.ndarray = field(repr=False)
     logit_scale: float
     alpha: float = 0.0
+    memory: HeadMemory | None = field(default=None, repr=False)
+    box_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.class_vecs.shape[0] != len(self.labels):
@@ -309,6 +351,12 @@ class Head:
             raise ValueError(f"background vectors of shape {self.background_vecs.shape} do not fit")
         if not self.logit_scale > 0:
             raise ValueError("logit_scale must be positive")
+        mem = self.memory
+        if mem is not None and (mem.keys.shape[1] != self.class_vecs.shape[1] or mem.labels.min() < 0
+                                or mem.labels.max() >= len(self.labels)):
+            raise ValueError(f"memory keys {mem.keys.shape} or labels do not fit {len(self.labels)} classes")
+        if self.box_threshold is not None and not 0.0 <= self.box_threshold <= 1.0:
+            raise ValueError(f"box_threshold {self.box_threshold} must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -337,3 +385,6 @@ class StoredPrediction:
     task_id: int | None
     model_version: str | None
     labels: tuple[tuple[str, str, float | None], ...] = ()
+    prediction_id: int | None = None
+    score: float | None = None
+    cluster: int | None = None

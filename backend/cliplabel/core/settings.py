@@ -43,6 +43,7 @@ ENV_FIELDS: dict[str, str] = {
     "CLIPLABEL_RETRAIN_EVERY": "retrain_every",
     "CLIPLABEL_EVENT_LEASE_S": "event_lease_s",
     "CLIPLABEL_RESCORE_AFTER_TRAIN": "rescore_after_train",
+    "CLIPLABEL_MATRIX_DTYPE": "matrix_dtype",
     "CLIPLABEL_ALLOWED_HOSTS": "allowed_hosts",
     "CLIPLABEL_LOCAL_FILES_ROOT": "local_files_root",
     "CLIPLABEL_MAX_IMAGE_BYTES": "max_image_bytes",
@@ -84,7 +85,7 @@ class Settings(BaseModel):
     decode: Literal["auto", "cpu", "device"] = "auto"
     microbatch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
     selective_search: Literal["fast", "quality", "off"] = "fast"
-    proposal_side: int = Field(default=128, ge=32, le=4096)
+    proposal_side: int = Field(default=256, ge=32, le=4096)  # the box benchmark's setting (bench/bench_boxes.py)
     max_crops: int = Field(default=128, ge=1, le=10_000)
     max_boxes: int = Field(default=20, ge=1, le=1_000)
     box_context: bool = True
@@ -93,6 +94,9 @@ class Settings(BaseModel):
     # How long a worker holds a project's feedback events without renewing: a dead worker's are reclaimed after it.
     event_lease_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     rescore_after_train: bool = False
+    # Precision of the bulk embedding matrices re-scoring reads: float16 halves memory and disk, at a cost
+    # bench/bench_rescore.py measures (top-1 agreement with float32, largest probability change).
+    matrix_dtype: Literal["float16", "float32"] = "float16"
     allowed_hosts: tuple[str, ...] = ()
     local_files_root: Path | None = None
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

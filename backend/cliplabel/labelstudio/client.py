@@ -165,6 +165,77 @@ class LabelStudioClient:
         found = (ls_format.project_task(t) for t in ls_format.listed_tasks(body))
         return next((t for t in found if t is not None and t.task_id == task_id), None)
 
+    # -- review the uncertain first (`services.review`) -------------------------------------------------------------
+    def project_sampling(self, project_id: int) -> tuple[str | None, str | None]:
+        """(sampling, model_version) of a project's settings."""
+        return ls_format.project_sampling(self._call("GET", f"/api/projects/{project_id}"))
+
+    def use_uncertainty_sampling(self, project_id: int, model_version: str) -> None:
+        """Switches the project's labelling stream to uncertainty sampling over `model_version`'s predictions."""
+        self._call("PATCH", f"/api/projects/{project_id}", json=ls_format.uncertainty_sampling(model_version))
+
+    def views(self, project_id: int) -> list[tuple[int, str]]:
+        """(id, title) of the project's Data Manager views (tabs)."""
+        return ls_format.listed_views(self._call("GET", "/api/dm/views", params={"project": project_id}))
+
+    def put_view(self, project_id: int, data: dict[str, Any], view_id: int | None = None) -> int:
+        """Creates a Data Manager view (or replaces view `view_id`'s filters and ordering); returns its id."""
+        body = ls_format.view_request(project_id, data)
+        if view_id is not None:
+            self._call("PATCH", f"/api/dm/views/{view_id}", json=body)
+            return view_id
+        return ls_format.view_id(self._call("POST", "/api/dm/views", json=body))
+
+    def place_prediction(self, prediction_id: int, cluster: int | None, neighbors: Sequence[int]) -> None:
+        """Sets a stored prediction's `cluster` and `neighbors`."""
+        self._call("PATCH", f"/api/predictions/{prediction_id}",
+                   json=ls_format.prediction_placement(cluster, neighbors))
+
+    # -- auto-accept and the label audit (`services.accept`, `services.audit`) --------------------------------------
+    def predictions_to_annotations(self, project_id: int, task_ids: Sequence[int], model_version: str) -> None:
+        """Label Studio's own action: the `model_version` predictions of these tasks become (marked) annotations."""
+        self._call("POST", "/api/dm/actions", params={"id": ls_format.PREDICTIONS_TO_ANNOTATIONS,
+                                                      "project": project_id},
+                   json=ls_format.predictions_to_annotations_request(task_ids, model_version))
+
+    def listed_tasks(self, project_id: int, task_ids: Sequence[int]) -> list[ProjectTask]:
+        """These tasks of a project with their annotation counts, in one request."""
+        if not task_ids:
+            return []
+        query = json.dumps({"selectedItems": {"all": False, "included": list(task_ids)}})
+        body = self._call("GET", "/api/tasks", params={"project": project_id, "query": query, "resolve_uri": "false",
+                                                       "page_size": len(task_ids)})
+        found = (ls_format.project_task(t) for t in ls_format.listed_tasks(body))
+        return [t for t in found if t is not None]
+
+    def task_annotations(self, task_id: int, from_name: str) -> list[tuple[int, tuple[str, ...], int | None]]:
+        """(annotation id, labels of `from_name`, parent prediction id) of each annotation of one task."""
+        return ls_format.listed_annotations(self._call("GET", f"/api/tasks/{task_id}/annotations"), from_name)
+
+    def task_predictions(self, task_id: int) -> list[StoredPrediction]:
+        """Every prediction of one task."""
+        return ls_format.stored_predictions(self._call("GET", "/api/predictions", params={"task": task_id}))
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        """Deletes one prediction (a 404, already gone, counts as done)."""
+        try:
+            self._call("DELETE", f"/api/predictions/{prediction_id}")
+        except LabelStudioError as exc:
+            if exc.upstream_status != 404:
+                raise
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        """Deletes one annotation (a 404, already gone, counts as done)."""
+        try:
+            self._call("DELETE", f"/api/annotations/{annotation_id}")
+        except LabelStudioError as exc:
+            if exc.upstream_status != 404:
+                raise
+
+    def set_mislabeling(self, prediction_id: int, value: float) -> None:
+        """Sets a stored prediction's `mislabeling` score."""
+        self._call("PATCH", f"/api/predictions/{prediction_id}", json=ls_format.mislabeling_update(value))
+
 
 class ProjectClients:
     """The API client of each project's Label Studio: the configured URL and key, else what the project's /setup sent.

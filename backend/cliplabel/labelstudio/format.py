@@ -213,7 +213,8 @@ def annotation_event(annotation: object, task: object, project: object, confirme
     tid = task_id(task_obj) if task_obj else (annotation.get("task") if isinstance(annotation.get("task"), int) else None)
     return AnnotationEvent(project_id=pid, annotation_id=int(annotation["id"]), task_id=tid, task_data=dict(data),
                            regions=annotated_regions(annotation.get("result")),
-                           cancelled=bool(annotation.get("was_cancelled", False)), confirmed=confirmed)
+                           cancelled=bool(annotation.get("was_cancelled", False)), confirmed=confirmed,
+                           parent_prediction=_int(annotation.get("parent_prediction")))
 
 
 def stored_annotation(body: object) -> AnnotationEvent:
@@ -333,7 +334,9 @@ def stored_predictions(body: object) -> list[StoredPrediction]:
         task, version = item.get("task"), item.get("model_version")
         out.append(StoredPrediction(task_id=task if isinstance(task, int) and not isinstance(task, bool) else None,
                                     model_version=version if isinstance(version, str) else None,
-                                    labels=tuple(scored_labels(item.get("result")))))
+                                    labels=tuple(scored_labels(item.get("result"))),
+                                    prediction_id=_int(item.get("id")), score=_number(item.get("score")),
+                                    cluster=_int(item.get("cluster"))))
     return out
 
 
@@ -346,3 +349,139 @@ def project_label_config(project: object) -> str:
     """The label config (XML) of `GET /api/projects/{id}`; empty when the project has none."""
     value = project.get("label_config") if isinstance(project, dict) else None
     return "" if value is None else str(value)
+
+
+# -- review the uncertain first: placement on predictions, sampling, Data Manager views (`services.review`) ----------
+# Label Studio's project setting that serves, among tasks holding predictions of the project's `model_version`, the
+# one with the lowest prediction score from the cluster the annotator solved least (`projects/functions/next_task.py`).
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def prediction_placement(cluster: int | None, neighbors: Iterable[int] = ()) -> dict[str, Any]:
+    """`PATCH /api/predictions/{id}`: a prediction's `cluster` (int) and `neighbors` (task ids), each only when known.
+
+    Label Studio 1.23 stores them only through its prediction serializer (`POST /api/predictions`, this `PATCH`):
+    the live `/predict` path keeps `result`, `score` and `model_version`, and the bulk
+    `/api/projects/{id}/import/predictions` builds each prediction from those fields alone (`data_import/api.py`),
+    dropping the rest (seen on the wire: `tests/e2e/test_review.py`)."""
+    out: dict[str, Any] = {} if cluster is None else {"cluster": int(cluster)}
+    near = [int(t) for t in neighbors]
+    if near:
+        out["neighbors"] = near
+    return out
+
+
+def uncertainty_sampling(model_version: str) -> dict[str, Any]:
+    """`PATCH /api/projects/{id}`: uncertainty sampling over the predictions of `model_version` (Label Studio samples
+    only among tasks holding a prediction of the project's `model_version`)."""
+    return {"sampling": UNCERTAINTY_SAMPLING, "model_version": model_version}
+
+
+def project_sampling(project: object) -> tuple[str | None, str | None]:
+    """(sampling, model_version) of `GET /api/projects/{id}`."""
+    if not isinstance(project, dict):
+        return None, None
+    sampling, version = project.get("sampling"), project.get("model_version")
+    return (sampling if isinstance(sampling, str) else None), (version if isinstance(version, str) else None)
+
+
+def least_certain_view(title: str, model_version: str) -> dict[str, Any]:
+    """A Data Manager tab's `data`: the tasks without annotations that hold a prediction of `model_version`, lowest
+    prediction score first, with the score column shown."""
+    return {"title": title, "ordering": ["tasks:predictions_score"],
+            "filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                # a list: Label Studio ORs one `predictions__model_version__contains` per item (a string would be
+                # taken letter by letter)
+                {"filter": "filter:tasks:predictions_model_versions", "operator": "contains", "type": "List",
+                 "value": [model_version]}]},
+            "hiddenColumns": {"explore": [], "labeling": []}}
+
+
+def view_request(project_id: int, data: dict[str, Any]) -> dict[str, Any]:
+    """The body of `POST /api/dm/views` (and `PATCH /api/dm/views/{id}`)."""
+    return {"project": project_id, "data": data}
+
+
+def listed_views(body: object) -> list[tuple[int, str]]:
+    """(id, title) of each view of `GET /api/dm/views?project=…` (a list, or a page with `results`)."""
+    items = body.get("results", []) if isinstance(body, dict) else body
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and _int(item.get("id")) is not None:
+            data = item.get("data")
+            title = data.get("title") if isinstance(data, dict) else None
+            out.append((int(item["id"]), title if isinstance(title, str) else ""))
+    return out
+
+
+def view_id(body: object) -> int:
+    """The id of the view `POST /api/dm/views` created.
+
+    Raises:
+        InvalidRequestError: the answer has no integer id.
+    """
+    found = _int(body.get("id")) if isinstance(body, dict) else None
+    if found is None:
+        raise InvalidRequestError("Label Studio's answer to creating a view has no id")
+    return found
+
+
+# -- auto-accept and the label audit (`services.accept`, `services.audit`) -------------------------------------------
+# Auto-accepted annotations are made by Label Studio's own Data Manager action "Create Annotations From Predictions"
+# (`data_manager/actions/predictions_to_annotations.py`) from predictions stored for that purpose under their own
+# model version; the annotation links its prediction (`parent_prediction`). The open-source edition stamps nothing
+# else on it (its `last_action` stays null), and its webhook is ANNOTATIONS_CREATED (plural), which feedback
+# learning does not take.
+PREDICTIONS_TO_ANNOTATIONS = "predictions_to_annotations"
+
+
+def predictions_to_annotations_request(task_ids: Iterable[int], model_version: str) -> dict[str, Any]:
+    """The body of `POST /api/dm/actions?id=predictions_to_annotations&project=…`: these tasks, this version only."""
+    return {"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}, "model_version": model_version}
+
+
+def listed_annotations(annotations: object, from_name: str) -> list[tuple[int, tuple[str, ...], int | None]]:
+    """(annotation id, labels chosen for `from_name` (none when skipped), `parent_prediction`) of a list of
+    annotations (a task's in the export, or `GET /api/tasks/{id}/annotations`); entries without an id are left out."""
+    out: list[tuple[int, tuple[str, ...], int | None]] = []
+    for ann in annotations if isinstance(annotations, list) else []:
+        if not isinstance(ann, dict) or _int(ann.get("id")) is None:
+            continue
+        labels = () if ann.get("was_cancelled") else next(
+            (r.labels for r in annotated_regions(ann.get("result")) if r.from_name == from_name
+             and r.box_pct is None), ())
+        out.append((int(ann["id"]), labels, _int(ann.get("parent_prediction"))))
+    return out
+
+
+def exported_choices(tasks: Iterable[object], from_name: str) -> list[tuple[int, int, tuple[str, ...], int | None]]:
+    """(task id, annotation id, labels chosen for `from_name`, `parent_prediction`) of every annotation in Label
+    Studio's JSON export, a skipped one with no labels; tasks without an integer id are left out."""
+    out: list[tuple[int, int, tuple[str, ...], int | None]] = []
+    for task in tasks:
+        tid = task_id(task)
+        if tid is None or not isinstance(task, dict):
+            continue
+        out.extend((tid, aid, labels, parent) for aid, labels, parent in listed_annotations(task.get("annotations"),
+                                                                                              from_name))
+    return out
+
+
+def mislabeling_update(value: float) -> dict[str, Any]:
+    """`PATCH /api/predictions/{id}`: the prediction's `mislabeling` score."""
+    return {"mislabeling": round(float(value), 6)}
+
+
+def task_ids_view(title: str, task_ids: Iterable[int]) -> dict[str, Any]:
+    """A Data Manager tab's `data`: exactly these tasks (an `or` of id filters: the filters have no list operator)."""
+    return {"title": title, "ordering": ["tasks:id"],
+            "filters": {"conjunction": "or", "items": [
+                {"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(t)}
+                for t in task_ids]},
+            "hiddenColumns": {"explore": [], "labeling": []}}
+

@@ -28,6 +28,9 @@ CROP_NS = "crop"
 # at D = 1280), and the (K, D) vectors of a label set's ensembles, a few per control of each active project.
 MAX_MEMO_TEXTS = 8192
 MAX_MEMO_ENSEMBLES = 256
+# Groups of image embeddings kept in memory for bulk reads (`group_matrix`): about 1 KB per image in float16 at
+# D = 512, so 100 MB per 100,000 images.
+MAX_MEMO_GROUPS = 4
 # Prompts encoded per step of a label set's warm-up (the progress `warming` reports moves by this much).
 WARM_CHUNK = 256
 WARM_CHUNK_GUESS_S = 5.0  # Retry-After before the first chunk is done
@@ -69,7 +72,7 @@ class EmbeddingService:
     """Encodes images and texts through the store's cache, in full batches."""
 
     def __init__(self, encoder: Encoder, store: Store, batch_size: int, max_pixels: int, pool: ThreadPoolExecutor,
-                 metrics: Metrics, device_decode: bool = False) -> None:
+                 metrics: Metrics, device_decode: bool = False, matrix_dtype: str = "float16") -> None:
         self.encoder = encoder
         self.store = store
         self.batch_size = batch_size
@@ -86,6 +89,8 @@ class EmbeddingService:
         self._ensembles: LruCache[str, np.ndarray] = LruCache(MAX_MEMO_ENSEMBLES)
         self._warming: dict[str, _Warming] = {}  # ensemble key → its computation in progress
         self._warming_lock = threading.Lock()
+        self.matrix_dtype = matrix_dtype
+        self._groups: LruCache[str, matrix.GrowingMatrix] = LruCache(MAX_MEMO_GROUPS)
 
     @property
     def encoder_id(self) -> str:
@@ -218,19 +223,33 @@ class EmbeddingService:
         """Image embeddings by content hash, from the cache only (None where an image was never encoded)."""
         return self.store.get_vectors(IMAGE_NS, self.encoder.encoder_id, list(hashes)) if hashes else []
 
-    def remember_group(self, group: str, hashes: Sequence[str], emb: np.ndarray, dtype: str = "float16") -> None:
-        """Appends image embeddings to a group's bulk matrix (e.g. a project's), read back by `group_matrix`.
+    def cached_crops(self, pairs: Sequence[tuple[str, str]]) -> list[np.ndarray | None]:
+        """Crop embeddings by (image content hash, crop key) as `crops` caches them, from the cache only (None where
+        a crop was never encoded)."""
+        keys = [f"{h}:{k}" for h, k in pairs]
+        return self.store.get_vectors(CROP_NS, self.encoder.encoder_id, keys) if keys else []
+
+    def remember_group(self, group: str, keys: Sequence[str], emb: np.ndarray) -> None:
+        """Appends image embeddings to a group's bulk matrix (e.g. a Label Studio host's), read back by
+        `group_matrix`, in the precision `matrix_dtype` names (float16 halves memory and disk; bench/bench_rescore.py
+        measures its cost).
 
         Args:
-            hashes: content hashes of the images, one per row of `emb` (N, D) float32.
-            dtype: stored precision; float16 halves memory and disk (bench/bench_matrix.py measures its cost).
+            keys: one per row of `emb` (N, D) float32; `"<tag> <key>"` stores a tag with the row.
         """
-        if len(hashes):
-            self.store.append_matrix(IMAGE_NS, self.encoder.encoder_id, group, matrix.pack_segment(hashes, emb, dtype))
+        if len(keys):
+            self.store.append_matrix(IMAGE_NS, self.encoder.encoder_id, group,
+                                     matrix.pack_segment(keys, emb, self.matrix_dtype))
 
     def group_matrix(self, group: str) -> matrix.EmbeddingMatrix:
-        """A group's image embeddings as one (N, D) matrix with its hash → row index, in one store read."""
-        return self.store.get_matrix(IMAGE_NS, self.encoder.encoder_id, group)
+        """A group's image embeddings as one (N, D) matrix with its key → row index.
+
+        The first call of a process reads the whole group in one store read; later calls read only what was appended
+        since. The store only ever appends to a group, so the copy kept here is current after each call (a group
+        found shorter than what was read — deleted or evicted — is read again from its start).
+        """
+        grown = self._groups.get_or_put(group, lambda: matrix.GrowingMatrix(group))
+        return grown.refresh(lambda cursor: self.store.matrix_tail(IMAGE_NS, self.encoder.encoder_id, group, cursor))
 
     def crops(self, jobs: Sequence[tuple[str, str, Callable[[], np.ndarray]]]) -> list[np.ndarray]:
         """Cached crop embeddings, encoded in full batches across every job of the call.

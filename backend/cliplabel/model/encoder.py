@@ -5,7 +5,8 @@ file as `pretrained`) and encodes batches of prepared uint8 images and of texts 
 
 On the CPU the towers can run in ONNX Runtime instead of torch (`runtime="onnx"`): the loaded model's image and text
 towers are exported once per encoder id into a cache directory, checked on every load (file digests, export format,
-and a probe batch that must match torch's embeddings), and rebuilt when the check fails.
+and a probe batch that must match torch's embeddings), and rebuilt when the check fails. Prompts run on tokens cut
+after the batch's longest prompt (`trim_tokens`), in torch: the ONNX text tower takes the full context length.
 """
 
 from __future__ import annotations
@@ -61,6 +62,38 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def _trims_text(model: Any) -> bool:
+    """Whether the text tower may run on tokens cut after the batch's longest prompt (`trim_tokens`).
+
+    In open_clip's CLIP the text transformer is causal (position i attends to positions ≤ i only) and the output is
+    read at the end-of-text token: the padding after it changes nothing, yet costs most of the work (a prompt is
+    5–20 of the 77 positions). Other text towers (Hugging Face ones, other pooling) always get the full length.
+    """
+    return (type(model) is open_clip.CLIP and getattr(model, "text_pool_type", None) == "argmax"
+            and getattr(model, "attn_mask", None) is not None)
+
+
+def trim_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """(N, L) token ids → (N, L') cut after the longest row's end-of-text token (the highest id in each row)."""
+    return tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]
+
+
+def _encode_text(model: Any, tokens: torch.Tensor, trimmed: bool) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text(tokens, normalize=True)`, for tokens of any length up to the context length
+    when `trimmed` (the positional embedding and the causal mask cut to it)."""
+    if not trimmed:
+        return model.encode_text(tokens, normalize=True)
+    n = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:n].to(cast_dtype)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is not None:
+        x = projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
 def _learned_temperature(model: Any) -> float:
     """exp(logit_scale) of an open_clip model. The probe is on open_clip's object, not one of ours: a model built
     without a learned temperature has no `logit_scale` parameter."""
@@ -79,8 +112,10 @@ class ClipEncoder:
                  image_size: int, mean: tuple[float, ...], std: tuple[float, ...], resize_mode: ResizeMode,
                  input_dtype: torch.dtype = torch.float32, towers: OnnxTowers | None = None) -> None:
         # `model` is an open_clip CLIP (typed Any: nn.Module's __getattr__ hides its methods from mypy). With ONNX
-        # towers it is not kept (the towers hold their own copy of the weights and do every forward pass).
-        self._model: Any = None if towers is not None else model
+        # towers it is kept only for the text tower where torch runs it on trimmed tokens (`trim_tokens`: 7× the
+        # prompts/s of the ONNX text tower, which takes the full context length; bench/RESULTS.md).
+        self._trim_text = _trims_text(model)
+        self._model: Any = None if towers is not None and not self._trim_text else model
         self._towers = towers
         self._tokenizer = tokenizer
         self._device = torch.device(device)
@@ -129,7 +164,7 @@ class ClipEncoder:
 
     @property
     def runtime(self) -> str:
-        """`onnx` or `torch`: what runs the forward passes."""
+        """`onnx` or `torch`: what runs the image tower (texts run in torch where it trims their padding)."""
         return "onnx" if self._towers is not None else "torch"
 
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
@@ -194,12 +229,14 @@ class ClipEncoder:
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
         tokens = self._tokenizer(texts)
-        if self._towers is not None:
+        if self._towers is not None and not self._trim_text:
             with self._lock:
                 return self._towers.texts(tokens.numpy().astype(np.int64, copy=False))
+        if self._trim_text:
+            tokens = trim_tokens(tokens)
         tokens = tokens.to(self._device)
         with self._lock, torch.inference_mode():
-            return self._model.encode_text(tokens, normalize=True).float().cpu().numpy()
+            return _encode_text(self._model, tokens, self._trim_text).float().cpu().numpy()
 
 
 class OnnxTowers:
@@ -242,7 +279,8 @@ class _TextGraph(torch.nn.Module):
         return self.model.encode_text(tokens, normalize=True)
 
 
-def _export_paths(cache_dir: Path, encoder_id: str) -> tuple[Path, Path, Path]:
+def export_paths(cache_dir: Path, encoder_id: str) -> tuple[Path, Path, Path]:
+    """The image tower's, the text tower's and the manifest's files of an encoder's ONNX export."""
     return (cache_dir / f"{encoder_id}-image.onnx", cache_dir / f"{encoder_id}-text.onnx",
             cache_dir / f"{encoder_id}-manifest.json")
 
@@ -254,7 +292,7 @@ def _expected_manifest(encoder_id: str) -> dict[str, object]:
 
 def _valid_export(cache_dir: Path, encoder_id: str) -> bool:
     """Whether the cached export exists, is of this encoder and export format, and has the bytes it was written with."""
-    image_path, text_path, manifest_path = _export_paths(cache_dir, encoder_id)
+    image_path, text_path, manifest_path = export_paths(cache_dir, encoder_id)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
@@ -277,7 +315,7 @@ def _export(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_
     """Exports both towers (batch axis dynamic), then writes the manifest naming their digests."""
     started = time.perf_counter()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    image_path, text_path, manifest_path = _export_paths(cache_dir, encoder_id)
+    image_path, text_path, manifest_path = export_paths(cache_dir, encoder_id)
     images = torch.zeros((2, image_size, image_size, 3), dtype=torch.uint8)
     tokens = tokenizer(["a photo.", "a photo of a thing."])
     graphs = [(_ImageGraph(model, mean, std), images, "images_u8", image_path),
@@ -285,7 +323,9 @@ def _export(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_
     for graph, example, name, path in graphs:
         def write(tmp: Path, graph: torch.nn.Module = graph, example: torch.Tensor = example, name: str = name) -> None:
             # The TorchScript exporter: the dynamo one needs onnxscript and gains nothing for these graphs. Grad mode
-            # stays on: without it nn.MultiheadAttention takes a fused fast path that has no ONNX export.
+            # stays on: without it nn.MultiheadAttention takes a fused fast path that has no ONNX export. The
+            # token axis stays at the context length: traced through nn.MultiheadAttention's packed projection, a
+            # dynamic one keeps the example's length in a reshape (so the ONNX text tower cannot take `trim_tokens`).
             with warnings.catch_warnings(), torch.inference_mode(False):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(graph.eval(), (example,), str(tmp), opset_version=_OPSET, input_names=[name],
@@ -303,7 +343,7 @@ def _sessions(cache_dir: Path, encoder_id: str, threads: int) -> OnnxTowers:
     options.inter_op_num_threads = 1
     # No busy-waiting between ops: the backend shares its CPUs with Label Studio and its own fetch threads.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    image_path, text_path, _ = _export_paths(cache_dir, encoder_id)
+    image_path, text_path, _ = export_paths(cache_dir, encoder_id)
     providers = ["CPUExecutionProvider"]
     return OnnxTowers(ort.InferenceSession(str(image_path), options, providers=providers),
                       ort.InferenceSession(str(text_path), options, providers=providers))

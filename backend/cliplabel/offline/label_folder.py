@@ -40,7 +40,7 @@ def label_images(embeddings: EmbeddingService, detector: BoxDetector, vectors: C
                  progress: Callable[[int, int], None] | None = None) -> list[LabelledImage]:
     """Top class (and boxes) for each readable image; unreadable ones (or over `max_bytes`) are logged and skipped."""
     choice, rect = controls_for(classes, boxes)
-    vecs, scale = vectors.for_control(choice, None)
+    served = vectors.served(choice, None)
     out: list[LabelledImage] = []
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
@@ -62,7 +62,7 @@ def label_images(embeddings: EmbeddingService, detector: BoxDetector, vectors: C
         for path, item, emb, regs in zip(kept, items, embs, found):
             if isinstance(emb, CliplabelError):
                 continue
-            probs = classify.softmax_probabilities(emb[None, :], vecs, scale)[0]
+            probs = classify.head_probabilities(emb[None, :], served)[0]
             k = int(np.argmax(probs))
             out.append(LabelledImage(path=path, image_wh=item.wh, label=choice.values[k], score=float(probs[k]),
                                      boxes=tuple(Box(r.label, r.score, r.bbox_xyxy) for r in regs)))

@@ -8,7 +8,7 @@ import numpy as np
 
 from cliplabel.core.domain import Control, Head, PromptEnsemble
 from cliplabel.model.embeddings import EmbeddingService
-from cliplabel.vision import prompts
+from cliplabel.vision import classify, prompts
 
 
 class ClassVectors:
@@ -33,14 +33,17 @@ class ClassVectors:
         """
         return self.embeddings.ensemble_vectors(self.ensembles(control), wait_s)
 
-    def for_control(self, control: Control, head: Head | None) -> tuple[np.ndarray, float]:
-        """(class vectors (K, D), logit scale) served for a control: the learned head's when it fits the control's
-        labels, else zero-shot at the encoder's temperature."""
+    def served(self, control: Control, head: Head | None) -> Head:
+        """The head a control is scored with: the learned one when it fits the control's labels, else zero-shot (the
+        prompt-ensemble vectors at the encoder's temperature, no memory). Score it with `classify.head_probabilities`
+        or `classify.similarities`, never with its class vectors alone (a learned head's memory adds to them)."""
         if head is not None and head.labels == control.values:
-            return head.class_vecs, head.logit_scale
-        return self.zero_shot(control), self.embeddings.logit_scale
+            return head
+        vecs = self.zero_shot(control)
+        return Head(control.from_name, control.values, vecs, np.zeros((0, vecs.shape[1]), np.float32),
+                    self.embeddings.logit_scale)
 
     def top_choice(self, control: Control, emb: np.ndarray, head: Head | None) -> str:
-        """The control's value whose vector is closest to one (D,) image embedding."""
-        vecs, _ = self.for_control(control, head)
-        return control.values[int(np.argmax(vecs @ emb))]
+        """The control's value the served head scores highest for one (D,) image embedding."""
+        sims = classify.head_similarities(emb[None, :], self.served(control, head))
+        return control.values[int(np.argmax(sims[0]))]

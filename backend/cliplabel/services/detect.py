@@ -23,13 +23,16 @@ from cliplabel.core.domain import Control, Head, PromptEnsemble, RegionPredictio
 from cliplabel.model.embeddings import EmbeddingService, content_hash
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.store import Store
-from cliplabel.vision import boxes, images, proposals, regions
+from cliplabel.vision import boxes, classify, images, proposals, regions
 
 DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
     "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
     "an empty scene.", "a blurry photo of nothing in particular.",
 )
 PROPOSALS_NS = "proposals"
+# A drawn box is scored on a tight crop (10 % margin): the annotator has already placed it, and the detector's wide
+# context crop (BoxParams.pad_frac) would let neighbouring shapes decide its label.
+DRAWN_BOX_PAD_FRAC = 0.1
 
 
 @dataclass(frozen=True)
@@ -106,18 +109,21 @@ class BoxDetector:
         return self.embeddings.ensemble_vectors([generic])
 
     # -- automatic boxes ---------------------------------------------------------------------------------------------
-    def vectors(self, control: Control, head: Head | None) -> tuple[np.ndarray, np.ndarray, float]:
-        """(class vectors, background vectors, logit scale): zero-shot, or a learned head's with the background it
-        learned from rejected boxes appended after the prompt-based ones."""
+    def vectors(self, control: Control, head: Head | None) -> tuple[Head, np.ndarray]:
+        """(the served head, background vectors): zero-shot, or a learned head with the background it learned from
+        rejected boxes appended after the prompt-based ones. Crops are scored by `classify.similarities`."""
         bg = self.background_vectors(control)
-        class_vecs, scale = self.class_vectors.for_control(control, head)
-        if head is not None and head.labels == control.values and len(head.background_vecs):
-            bg = np.concatenate([bg, head.background_vecs])
-        return class_vecs, bg, scale
+        served = self.class_vectors.served(control, head)
+        if len(served.background_vecs):
+            bg = np.concatenate([bg, served.background_vecs])
+        return served, bg
 
-    def embed_boxes(self, item: BoxImage, boxes_xyxy: np.ndarray) -> list[np.ndarray]:
-        """Embeddings of boxes' square crops, under the same cache keys the detector uses."""
-        windows = regions.square_windows(boxes_xyxy, self.config.boxes.pad_frac)
+    def embed_boxes(self, item: BoxImage, boxes_xyxy: np.ndarray, pad_frac: float | None = None
+                    ) -> list[np.ndarray]:
+        """Embeddings of boxes' square crops, under the same cache keys the detector uses (`pad_frac` defaults to
+        the detector's, so feedback examples look like the proposals they will score)."""
+        pad = self.config.boxes.pad_frac if pad_frac is None else pad_frac
+        windows = regions.square_windows(boxes_xyxy, pad)
         return self.embeddings.crops([(item.content_hash, _box_key("w", w), self._crop_maker(item, w))
                                       for w in windows])
 
@@ -130,34 +136,86 @@ class BoxDetector:
         jobs = [(it.content_hash, _box_key("w", w), self._crop_maker(it, w))
                 for it, ws in zip(items, windows) for w in ws]
         flat = self.embeddings.crops(jobs)
-        class_vecs, bg_vecs, scale = self.vectors(control, head)
-        thr = cfg.boxes.default_margin_threshold if control.score_threshold is None else control.score_threshold
+        served, bg_vecs = self.vectors(control, head)
+        context_bg = self.context_background(control)
+        k, scale = len(served.labels), served.logit_scale
+        thr = self.threshold(control, served)
         per_image: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         context_jobs: list[tuple[str, str, Callable[[], np.ndarray]]] = []
         start = 0
         for it, p in zip(items, props):
             emb = np.stack(flat[start:start + len(p)]) if len(p) else np.zeros((0, bg_vecs.shape[1]), np.float32)
             start += len(p)
-            labels, margin = boxes.margin_probs(emb, class_vecs, bg_vecs, scale)
+            labels, margin = boxes.margin_from_similarities(classify.similarities(emb, served, bg_vecs), k, scale)
             # only confident boxes need the context test (and its crop)
             cand = np.flatnonzero(margin >= thr)
             per_image.append((p, labels, margin, cand))
-            if cfg.context_factor is not None:
-                context_jobs.extend((it.content_hash, _box_key(f"c{cfg.context_factor}:", p[i]),
-                                     self._context_maker(it, p[i])) for i in cand)
+            if context_bg is not None:
+                context_jobs.extend((it.content_hash, self._context_key(p[i]), self._context_maker(it, p[i]))
+                                    for i in cand)
         context = iter(self.embeddings.crops(context_jobs))
         out = []
         for it, (p, labels, margin, cand) in zip(items, per_image):
             ctx: np.ndarray | None = None
-            if cfg.context_factor is not None:
+            if context_bg is not None:
                 ctx = np.ones(len(p), np.float64)  # never read for boxes under the threshold
                 if len(cand):
                     ctx_emb = np.stack([next(context) for _ in cand])
-                    ctx[cand] = boxes.context_probs(ctx_emb, labels[cand], class_vecs, bg_vecs, scale)
+                    ctx[cand] = boxes.context_from_similarities(
+                        classify.similarities(ctx_emb, served, context_bg), labels[cand], k, scale)
             dets = boxes.detect(p, labels, margin, ctx, thr, cfg.boxes)
             out.append([RegionPrediction(control.from_name, control.to_name, control.values[d.label_index], d.score,
                                          d.bbox_xyxy, it.wh) for d in dets])
         return out
+
+    def context_background(self, control: Control) -> np.ndarray | None:
+        """What a box's masked surroundings are compared with (None: the context test is off): the prompt background
+        alone. Background learned from rejected boxes stays out of it: rejected boxes look like objects and their
+        parts, so beside them every surrounding would look like background and every part box would pass as whole."""
+        return None if self.config.context_factor is None else self.background_vectors(control)
+
+    def threshold(self, control: Control, served: Head) -> float:
+        """The margin threshold boxes must reach: the label config's `model_score_threshold`, else the one the served
+        head learned on annotated scenes, else the default."""
+        if control.score_threshold is not None:
+            return control.score_threshold
+        if served.box_threshold is not None:
+            return served.box_threshold
+        return self.config.boxes.default_margin_threshold
+
+    # -- annotated scenes (what a retrain judges a box head on) -------------------------------------------------------
+    def scene_embeddings(self, item: BoxImage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(proposals (N, 4), crop embeddings (N, D), context embeddings (N, D)) of every proposal of one image,
+        encoding what the cache misses. Called on each annotated scene, so that a retrain can run the detector on it
+        with any head from the cache alone (`cached_scene`); costs one context crop per proposal, once per image."""
+        (props,) = self.proposals([item])
+        crops = self.embed_boxes(item, props)
+        contexts = self.embeddings.crops([(item.content_hash, self._context_key(p), self._context_maker(item, p))
+                                          for p in props])
+        if not len(props):
+            empty = np.zeros((0, self.embeddings.encoder.embed_dim), np.float32)
+            return props, empty, empty
+        return props, np.stack(crops), np.stack(contexts)
+
+    def cached_scene(self, content_hash: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """`scene_embeddings` of an image from the caches alone; None when any part was never computed (or was
+        evicted)."""
+        (raw,) = self.store.get_vectors(PROPOSALS_NS, self._proposal_id, [content_hash])
+        if raw is None:
+            return None
+        props = raw.reshape(-1, 4).astype(np.float64)
+        if not len(props):
+            return None
+        windows = regions.square_windows(props, self.config.boxes.pad_frac)
+        vecs = self.embeddings.cached_crops([(content_hash, _box_key("w", w)) for w in windows]
+                                            + [(content_hash, self._context_key(p)) for p in props])
+        if any(v is None for v in vecs):
+            return None
+        stacked = np.stack([v for v in vecs if v is not None])
+        return props, stacked[:len(props)], stacked[len(props):]
+
+    def _context_key(self, box: np.ndarray) -> str:
+        return _box_key(f"c{self.config.context_factor or 2.0}:", box)
 
     def proposals(self, items: Sequence[BoxImage]) -> list[np.ndarray]:
         """Selected proposals of each image, (N, 4) xyxy pixels: from the cache, else computed (in parallel) and cached.
@@ -191,15 +249,16 @@ class BoxDetector:
     def label_box(self, item: BoxImage, control: Control, box_xyxy: np.ndarray, head: Head | None = None
                   ) -> RegionPrediction | None:
         """The drawn box with its most likely label, or None when background wins ("not one of our classes")."""
-        (emb,) = self.embed_boxes(item, box_xyxy[None, :])
-        class_vecs, bg_vecs, scale = self.vectors(control, head)
+        (emb,) = self.embed_boxes(item, box_xyxy[None, :], DRAWN_BOX_PAD_FRAC)
+        served, bg_vecs = self.vectors(control, head)
         # The annotator chose this box, so only "which class, or none?" is asked: the best class must beat every
         # background vector (a pairwise test, whatever the temperature and the number of classes).
-        sims = emb[None, :] @ np.concatenate([class_vecs, bg_vecs]).T
-        k = int(sims[0, :len(class_vecs)].argmax())
-        if sims[0, k] <= sims[0, len(class_vecs):].max():
+        sims = classify.similarities(emb[None, :], served, bg_vecs)
+        n = len(served.labels)
+        k = int(sims[0, :n].argmax())
+        if sims[0, k] <= sims[0, n:].max():
             return None
-        _, margin = boxes.margin_probs(emb[None, :], class_vecs, bg_vecs, scale)
+        _, margin = boxes.margin_from_similarities(sims, n, served.logit_scale)
         x0, y0, x1, y1 = (float(v) for v in box_xyxy)
         return RegionPrediction(control.from_name, control.to_name, control.values[k], float(margin[0]),
                                 (x0, y0, x1, y1), item.wh)

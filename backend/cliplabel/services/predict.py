@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -106,11 +107,14 @@ class Predictor:
         """Computes the prompt vectors of every control ahead of the first prediction.
 
         Raises:
-            ModelWarmingError: with `wait_s`, a control's vectors are not ready within it (they go on computing).
+            ModelWarmingError: with `wait_s`, the controls' vectors are not all ready within it (they go on
+                computing).
             CliplabelError: for any other failure.
         """
+        # One deadline for all controls: a config with several large label sets must not wait `wait_s` per control.
+        deadline = None if wait_s is None else time.monotonic() + wait_s
         for control in config.controls:
-            self.vectors.zero_shot(control, wait_s)
+            self.vectors.zero_shot(control, None if deadline is None else max(0.0, deadline - time.monotonic()))
             if control.kind == "rectanglelabels":
                 self.detector.background_vectors(control)
 
@@ -212,8 +216,8 @@ class Predictor:
             ok = [ti for ti in rows if ti not in failed and ti not in lost and (ti, control.image_key) in emb_of]
             if not ok:
                 continue
-            vecs, scale = self.vectors.for_control(control, call.heads.get(control.from_name))
-            probs = classify.softmax_probabilities(np.stack([emb_of[(ti, control.image_key)] for ti in ok]), vecs, scale)
+            served = self.vectors.served(control, call.heads.get(control.from_name))
+            probs = classify.head_probabilities(np.stack([emb_of[(ti, control.image_key)] for ti in ok]), served)
             for ti, p in zip(ok, probs):
                 choice = classify.choose(control, p)
                 if choice is not None:

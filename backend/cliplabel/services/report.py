@@ -15,6 +15,7 @@ import numpy as np
 from cliplabel.core.domain import FeedbackExample, ModelVersion, ProjectTask, StoredPrediction
 
 ACCEPTANCE_WINDOW = 20  # annotations per point of the acceptance curve
+MAX_SUSPECTS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class QualityReport:
     versions: tuple[VersionPoint, ...]
     acceptance_curve: tuple[tuple[int, float], ...]  # (annotations so far, acceptance over the last window)
     rejected_boxes: int
+    # The label audit (`services.audit`): human labels audited, and the suspects, most suspect first, as
+    # (task id, annotated label, the label the held-out head finds most probable, mislabeling score).
+    audited_labels: int = 0
+    suspect_labels: tuple[tuple[int, str, str, float], ...] = ()
 
 
 def build_report(project_id: str, model_version: str, tasks: Sequence[ProjectTask],
@@ -143,6 +148,15 @@ def markdown(report: QualityReport, plots: dict[str, str]) -> str:
                   "| --- | ---: | ---: | ---: |"]
         for v in report.versions:
             lines.append(f"| {v.name} | {v.examples} | {_fmt(v.heldout_accuracy)} | {_fmt(v.previous_accuracy)} |")
+        lines.append("")
+    if report.audited_labels:
+        lines += [f"## Suspect labels: {len(report.suspect_labels)} of {report.audited_labels} human labels", "",
+                  "Confident learning on out-of-sample probabilities (k-fold heads) flags labels that likely "
+                  "disagree with their image (`cliplabel audit`).", ""]
+        if report.suspect_labels:
+            lines += ["| task | annotated | looks like | mislabeling |", "| ---: | --- | --- | ---: |"]
+            lines += [f"| {t} | {label} | {suggested} | {score:.3f} |"
+                      for t, label, suggested, score in report.suspect_labels[:MAX_SUSPECTS_SHOWN]]
         lines.append("")
     for title, path in plots.items():
         lines += [f"## {title}", "", f"![{title}]({path})", ""]

@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from cliplabel.core.domain import FeedbackExample, ModelVersion, ProjectState
-from cliplabel.store.matrix import EmbeddingMatrix
+from cliplabel.store.matrix import EmbeddingMatrix, MatrixTail
 
 
 def event_lease(project_id: str) -> str:
@@ -109,6 +109,9 @@ class Store(Protocol):
 
     def get_matrix(self, namespace: str, encoder_id: str, group: str) -> EmbeddingMatrix:
         """A group's embeddings as one matrix with its key index, in one read (empty when none)."""
+
+    def matrix_tail(self, namespace: str, encoder_id: str, group: str, cursor: int) -> MatrixTail:
+        """The segments appended to a group after `cursor` (0: all), in order, and the cursor after them."""
 
     def close(self) -> None: ...
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cliplabel.core.domain import Head, ModelVersion
+from cliplabel.core.domain import Head, HeadMemory, ModelVersion
 from cliplabel.store import records
 from cliplabel.store.base import Store
 
@@ -19,15 +19,27 @@ def heads_key(project_id: str, encoder_id: str, revision: int) -> str:
     return f"{project_id}:{encoder_id}:{revision}"
 
 
+def _dump_head(h: Head) -> str:
+    meta: dict[str, object] = {"labels": list(h.labels), "logit_scale": h.logit_scale, "alpha": h.alpha}
+    if h.box_threshold is not None:
+        meta["box_threshold"] = h.box_threshold
+    arrays = {"class_vecs": h.class_vecs, "background_vecs": h.background_vecs}
+    if h.memory is not None:
+        meta["memory"] = {"beta": h.memory.beta, "ratio": h.memory.ratio,
+                          "labels": [int(v) for v in h.memory.labels]}
+        arrays.update({"memory_keys": h.memory.keys, "memory_weights": h.memory.weights[:, None],
+                       "memory_gap": h.memory.gap[None, :]})
+    return records.dump_arrays(meta, arrays)
+
+
 def dump_heads(heads: Mapping[str, Head]) -> str:
     """Every control's head of one version → JSON (control name → meta and float32 matrices)."""
-    return json.dumps({name: records.dump_arrays(
-        {"labels": list(h.labels), "logit_scale": h.logit_scale, "alpha": h.alpha},
-        {"class_vecs": h.class_vecs, "background_vecs": h.background_vecs}) for name, h in heads.items()})
+    return json.dumps({name: _dump_head(h) for name, h in heads.items()})
 
 
 def load_heads(raw: str | bytes) -> dict[str, Head]:
-    """The inverse of `dump_heads`. Records written before `prompt_weights` was dropped still load (it is ignored)."""
+    """The inverse of `dump_heads`. Records written before `prompt_weights` was dropped still load (it is ignored),
+    and so do records from before heads had a memory or a box threshold (they load without)."""
     out = {}
     for name, blob in json.loads(raw).items():
         meta, arrays = records.load_arrays(blob)
@@ -35,8 +47,16 @@ def load_heads(raw: str | bytes) -> dict[str, Head]:
         if bg.size == 0:
             # An empty matrix is stored without its width; the head's invariant wants (0, D).
             bg = np.zeros((0, arrays["class_vecs"].shape[1]), np.float32)
+        memory = None
+        if "memory" in meta:
+            m = meta["memory"]
+            memory = HeadMemory(keys=arrays["memory_keys"], labels=np.array(m["labels"], np.int64),
+                                weights=arrays["memory_weights"][:, 0], gap=arrays["memory_gap"][0],
+                                beta=float(m["beta"]), ratio=float(m["ratio"]))
         out[name] = Head(from_name=name, labels=tuple(meta["labels"]), class_vecs=arrays["class_vecs"],
-                         background_vecs=bg, logit_scale=float(meta["logit_scale"]), alpha=float(meta["alpha"]))
+                         background_vecs=bg, logit_scale=float(meta["logit_scale"]), alpha=float(meta["alpha"]),
+                         memory=memory,
+                         box_threshold=float(meta["box_threshold"]) if "box_threshold" in meta else None)
     return out
 
 

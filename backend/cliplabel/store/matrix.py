@@ -8,14 +8,22 @@ A segment on the wire (both stores): magic `CLM1`, dtype code (`e` float16, `f` 
 uint32 N, D and the byte length of the keys, then the keys (UTF-8, newline-separated), the (N, D) matrix, and a
 CRC-32 of everything before it. A segment that fails its checks is skipped with a warning (its rows are then missing:
 callers encode or fetch them like any cache miss).
+
+A stored key may carry a tag before its first space (`"<tag> <key>"`, e.g. an image's content hash and the reference
+that pointed at it): the index is by the key alone, `tag(row)` gives the tag. A key with a space must carry a tag.
+
+`GrowingMatrix` keeps a group in memory and reads only the segments appended since its last read (`MatrixTail`):
+the store holds an append-only list, so this copy is never stale, and a job that asks for the group once per chunk
+reads it once.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +40,9 @@ class EmbeddingMatrix:
 
     keys: tuple[str, ...]
     emb: np.ndarray
-    index: dict[str, int]  # key → its latest row
+    # key (without its tag) → its latest row. A `GrowingMatrix` shares one index among its snapshots, so it may name
+    # rows past this snapshot's end: `rows` treats those as missing.
+    index: dict[str, int]
 
     def __post_init__(self) -> None:
         if self.emb.ndim != 2 or len(self.keys) != self.emb.shape[0]:
@@ -41,7 +51,13 @@ class EmbeddingMatrix:
     def rows(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(found mask (M,) bool, row numbers (M,) int64 with -1 where missing) of `keys`."""
         rows = np.fromiter((self.index.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        rows[rows >= self.emb.shape[0]] = -1
         return rows >= 0, rows
+
+    def tag(self, row: int) -> str:
+        """The tag a row's stored key carries ("" when none)."""
+        tag, sep, _ = self.keys[row].partition(" ")
+        return tag if sep else ""
 
     def nbytes(self) -> int:
         return int(self.emb.nbytes)
@@ -78,6 +94,11 @@ def _unpack(blob: bytes) -> tuple[list[str], np.ndarray] | None:
     return keys, np.frombuffer(blob, dtype=dtype, count=n * d, offset=start).reshape(n, d)
 
 
+def _index(keys: Sequence[str], start: int = 0) -> dict[str, int]:
+    """key (without its tag) → row."""
+    return {(k.partition(" ")[2] if " " in k else k): start + i for i, k in enumerate(keys)}
+
+
 def join_segments(blobs: Sequence[bytes], group: str) -> EmbeddingMatrix:
     """Concatenates stored segments (oldest first) into one matrix; corrupt segments and other widths are skipped."""
     parts: list[tuple[list[str], np.ndarray]] = []
@@ -94,4 +115,63 @@ def join_segments(blobs: Sequence[bytes], group: str) -> EmbeddingMatrix:
         return empty()
     keys = tuple(k for seg_keys, _ in parts for k in seg_keys)
     emb = np.concatenate([m for _, m in parts]) if len(parts) > 1 else parts[0][1].copy()
-    return EmbeddingMatrix(keys, emb, {k: i for i, k in enumerate(keys)})
+    return EmbeddingMatrix(keys, emb, _index(keys))
+
+
+@dataclass(frozen=True)
+class MatrixTail:
+    """What a store appended to a group after a cursor: the new segments, the cursor after them, and whether the
+    group was reset (shorter than the cursor: deleted or evicted), in which case `segments` is the whole group."""
+
+    segments: list[bytes]
+    cursor: int
+    restarted: bool = False
+
+
+class GrowingMatrix:
+    """One group's embeddings in memory, extended by the store's tail on each `refresh` (thread-safe).
+
+    Rows live in a buffer that doubles when full, so appending a segment costs its own rows, not the group's.
+    """
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.cursor = 0
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._keys: tuple[str, ...] = ()
+        self._buf = np.zeros((0, 0), np.float16)
+        self._n = 0
+        self._index: dict[str, int] = {}
+
+    def refresh(self, read_tail: Callable[[int], MatrixTail]) -> EmbeddingMatrix:
+        """Reads what was appended since the last refresh (`read_tail(cursor)`) and returns the group so far."""
+        with self._lock:
+            tail = read_tail(self.cursor)
+            if tail.restarted:
+                self._reset()
+            if tail.segments:
+                self._extend(join_segments(tail.segments, self.group))
+            self.cursor = tail.cursor
+            return EmbeddingMatrix(self._keys, self._buf[:self._n], self._index)
+
+    def _extend(self, new: EmbeddingMatrix) -> None:
+        n, add = self._n, new.emb.shape[0]
+        if add == 0:
+            return
+        if n and (new.emb.shape[1], new.emb.dtype) != (self._buf.shape[1], self._buf.dtype):
+            logger.warning("embedding segments of group=%s with another width or dtype: skipped", self.group)
+            return
+        if not n:  # the first read: the joined segments are the buffer and their index the index
+            self._buf, self._keys, self._index = new.emb, new.keys, new.index
+        else:
+            if n + add > self._buf.shape[0]:
+                grown = np.empty((max(2 * self._buf.shape[0], n + add), new.emb.shape[1]), new.emb.dtype)
+                grown[:n] = self._buf[:n]
+                self._buf = grown  # earlier snapshots keep the old buffer: their rows never change
+            self._buf[n:n + add] = new.emb
+            self._keys = self._keys + new.keys
+            self._index.update(_index(new.keys, n))
+        self._n = n + add

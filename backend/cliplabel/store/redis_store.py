@@ -217,5 +217,18 @@ class RedisStore:
         blobs = self._call(self._redis.lrange, self.keys.matrix(namespace, encoder_id, group), 0, -1)
         return matrix.join_segments([bytes(b) for b in blobs], group)
 
+    def matrix_tail(self, namespace: str, encoder_id: str, group: str, cursor: int) -> matrix.MatrixTail:
+        # The cursor is a list position. The list is only appended to; shorter than the cursor means it was deleted
+        # (or evicted) and rewritten: start over from its first segment.
+        key = self.keys.matrix(namespace, encoder_id, group)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.llen(key)
+        pipe.lrange(key, cursor, -1)
+        length, blobs = self._call(pipe.execute)
+        if int(length) < cursor:
+            blobs = self._call(self._redis.lrange, key, 0, -1)
+            return matrix.MatrixTail([bytes(b) for b in blobs], len(blobs), restarted=True)
+        return matrix.MatrixTail([bytes(b) for b in blobs], cursor + len(blobs))
+
     def close(self) -> None:
         self._redis.close()

@@ -322,6 +322,20 @@ class SqliteStore:
                                     (namespace, encoder_id, group)).fetchall()
         return matrix.join_segments([bytes(r[0]) for r in rows], group)
 
+    @_unavailable
+    def matrix_tail(self, namespace: str, encoder_id: str, group: str, cursor: int) -> matrix.MatrixTail:
+        # The cursor is the last segment's row id: ids only grow, so "after the cursor" is exactly what is new, as
+        # long as that segment is still there (else the group was deleted or the file replaced: start over).
+        conn = self._conn()
+        where = "namespace=? AND encoder_id=? AND grp=?"
+        if cursor and conn.execute(f"SELECT 1 FROM matrices WHERE seq=? AND {where}",
+                                   (cursor, namespace, encoder_id, group)).fetchone() is None:
+            tail = self.matrix_tail(namespace, encoder_id, group, 0)
+            return matrix.MatrixTail(tail.segments, tail.cursor, restarted=True)
+        rows = conn.execute(f"SELECT seq, data FROM matrices WHERE {where} AND seq > ? ORDER BY seq",
+                            (namespace, encoder_id, group, cursor)).fetchall()
+        return matrix.MatrixTail([bytes(r[1]) for r in rows], int(rows[-1][0]) if rows else cursor)
+
     def close(self) -> None:
         with self._all_lock:
             for conn in self._all:

@@ -21,10 +21,19 @@ from cliplabel.vision import classify, regions
 
 @dataclass(frozen=True)
 class BoxParams:
-    """Knobs of the box path (the README lists the defaults with their measured cost)."""
+    """Knobs of the box path (the README lists the defaults with their measured cost).
+
+    How each threshold is set, on any CLIP: the score thresholds are probabilities of two-way comparisons at the
+    model's own logit scale (its learned temperature is its calibration), so they mean the same odds on every model
+    and never depend on the number of classes: `default_margin_threshold` 0.9 = the class beats its strongest rival at
+    odds ≥ 9:1; `context_threshold` 0.2 = the box's surroundings show its class rather than background at odds < 1:4;
+    `tight_margin` is a difference of such probabilities. The IoU and containment thresholds are geometry.
+    `pad_frac`: each proposal is scored on a square crop 1.65× its long side, centred on it: with a 10 % margin
+    (the previous default) both test models misread small and thin shapes (bench/bench_boxes.py, variant `pad-0.1`).
+    """
 
     max_crops: int = 128
-    pad_frac: float = 0.1
+    pad_frac: float = 0.65
     min_side_frac: float = 0.04
     max_area_frac: float = 0.95
     max_aspect: float = 4.0
@@ -106,21 +115,31 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def margin_probs(crop_emb: np.ndarray, class_vecs: np.ndarray, background_vecs: np.ndarray, logit_scale: float
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Each crop's best class and the two-way probability that it beats its strongest competitor.
+    """`margin_from_similarities` of plain class vectors (no memory).
 
     Args:
         crop_emb: (N, D) L2-normalised crop embeddings.
         class_vecs: (K, D) class vectors; background_vecs: (B, D), B ≥ 1.
         logit_scale: the model's temperature (the scale of its logits).
+    """
+    sims = crop_emb @ np.concatenate([class_vecs, background_vecs]).T
+    return margin_from_similarities(sims, len(class_vecs), logit_scale)
+
+
+def margin_from_similarities(sims: np.ndarray, n_classes: int, logit_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each crop's best class and the two-way probability that it beats its strongest competitor.
+
+    Args:
+        sims: (N, K + B) the crops' class scores then background cosines (`classify.similarities`), B ≥ 1.
+        n_classes: K.
+        logit_scale: the model's temperature (the scale of its logits).
 
     Returns:
         (N,) int64 labels and (N,) float64 `sigmoid(scale × (cos(best class) − max cos(other class or background)))`.
     """
-    if len(crop_emb) == 0:
+    if len(sims) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    k = len(class_vecs)
-    sims = crop_emb @ np.concatenate([class_vecs, background_vecs]).T
-    labels = sims[:, :k].argmax(axis=1)
+    labels = sims[:, :n_classes].argmax(axis=1)
     rows = np.arange(len(sims))
     best = sims[rows, labels].astype(np.float64)
     rivals = sims.astype(np.float64).copy()
@@ -130,20 +149,28 @@ def margin_probs(crop_emb: np.ndarray, class_vecs: np.ndarray, background_vecs: 
 
 def context_probs(context_emb: np.ndarray, labels: np.ndarray, class_vecs: np.ndarray, background_vecs: np.ndarray,
                   logit_scale: float) -> np.ndarray:
+    """`context_from_similarities` of plain class vectors (no memory); context_emb: (N, D) L2-normalised."""
+    sims = context_emb @ np.concatenate([class_vecs, background_vecs]).T
+    return context_from_similarities(sims, labels, len(class_vecs), logit_scale)
+
+
+def context_from_similarities(sims: np.ndarray, labels: np.ndarray, n_classes: int, logit_scale: float
+                              ) -> np.ndarray:
     """The two-way probability that a box's surroundings (box greyed out) still show its label rather than background.
 
     High for a box that cut through its object (the rest is visible around it), low for a whole one.
 
     Args:
-        context_emb: (N, D) L2-normalised embeddings of the masked context crops; labels: (N,) class indices.
+        sims: (N, K + B) the masked context crops' class scores then background cosines (`classify.similarities`).
+        labels: (N,) class indices. n_classes: K.
 
     Returns:
         (N,) float64.
     """
-    if len(context_emb) == 0:
+    if len(sims) == 0:
         return np.zeros(0, np.float64)
-    label_sim = np.einsum("nd,nd->n", context_emb, class_vecs[labels]).astype(np.float64)
-    bg_sim = (context_emb @ background_vecs.T).max(axis=1).astype(np.float64)
+    label_sim = sims[np.arange(len(sims)), labels].astype(np.float64)
+    bg_sim = sims[:, n_classes:].max(axis=1).astype(np.float64)
     return _sigmoid(logit_scale * (label_sim - bg_sim))
 
 

@@ -13,6 +13,7 @@ from cliplabel.core.metrics import Metrics
 from cliplabel.services.feedback import Trainer
 from cliplabel.services.versions import current_version
 from cliplabel.store.heads import HeadStore
+from cliplabel.vision.classify import head_probabilities
 
 D = 8
 CONFIG = ('<View><Image name="image" value="$image"/><Choices name="kind" toName="image">'
@@ -55,11 +56,13 @@ def _trainer(store, retrain_every: int, on_new_version=None) -> Trainer:  # type
 
 
 def _feedback(store) -> None:  # type: ignore[no-untyped-def]
-    # "A" was renamed: its images look like axis 3, "B"'s like axis 1 (what its prompt says).
+    # "A" was renamed: its images look like axis 3, "B"'s like axis 1 (what its prompt says). Five of each: with
+    # fewer, the head's sign test (SIGNIFICANCE_Z) keeps text-only.
     rng = np.random.default_rng(0)
     store.put_project(ProjectState("1", CONFIG))
-    for aid, (label, axis) in enumerate([("A", 3)] * 3 + [("B", 1)] * 3, start=1):
-        emb = _unit(_axis(D - 1) + 0.5 * _axis(axis) + 0.05 * rng.standard_normal(D))
+    for aid, (label, axis) in enumerate([("A", 3)] * 5 + [("B", 1)] * 5, start=1):
+        # A hint of "B" in every image: zero-shot calls the renamed "A" images "B".
+        emb = _unit(_axis(D - 1) + 0.5 * _axis(axis) + 0.1 * _axis(1) + 0.02 * rng.standard_normal(D))
         store.put_feedback("1", aid, [FeedbackExample("1", aid, "kind", f"h{aid}", label, "correct", emb)])
 
 
@@ -78,7 +81,13 @@ def test_an_accepted_retrain_adds_a_version_and_announces_it(make_store) -> None
     version = trainer.train_project("1")
     assert version is not None and version.name == "m-r1" and announced == [version]
     assert current_version(store, "1", "enc", "m") == version
-    assert HeadStore(store).heads_for(version)["kind"].alpha > 0
+    # The served head learned the rename: a new "A"-looking image (axis 3) now scores A, which zero-shot cannot
+    # (its "A" vector is axis 0). Whether by prototype (alpha) or by memory is the head's own cross-validated choice.
+    head = HeadStore(store).heads_for(version)["kind"]
+    assert head.alpha > 0 or head.memory is not None
+    renamed_a = _unit(_axis(D - 1) + 0.5 * _axis(3) + 0.1 * _axis(1))[None]
+    assert (renamed_a @ _ClassVectors().zero_shot(None).T)[0].argmax() == 1  # type: ignore[arg-type]
+    assert head_probabilities(renamed_a, head)[0].argmax() == 0
     assert not trainer.count("1", 0)  # the count starts again after a retrain
 
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 JobKind = Literal["prelabel", "rescore"]
+# Jobs recorded the same way: bulk jobs, and auto-accept jobs (`services.accept`, in their own "accept-*" journal).
+RecordedKind = Literal["prelabel", "rescore", "accept"]
 JobState = Literal["planning", "running", "done", "failed", "cancelled"]
 ACTIVE_STATES: tuple[JobState, ...] = ("planning", "running")  # a job in these still has work to do
 MAX_ERRORS = 20  # per chunk, and in a job's status: enough to see a pattern, short enough to read
@@ -17,7 +19,7 @@ class JobSpec:
 
     job_id: str
     project_id: str
-    kind: JobKind
+    kind: RecordedKind
     chunk_size: int
     created_at: float
 
@@ -69,7 +71,7 @@ class JobStatus:
 
     job_id: str
     project_id: str
-    kind: JobKind
+    kind: RecordedKind
     state: JobState
     model_version: str | None
     total: int

@@ -15,13 +15,13 @@ from cliplabel.labelstudio import format as ls_format
 from cliplabel.labelstudio import label_config
 from cliplabel.labelstudio.client import LabelStudioClient
 from cliplabel.services.bulk.journal import JobJournal
-from cliplabel.services.bulk.model import JobKind, Plan
+from cliplabel.services.bulk.model import Plan, RecordedKind
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def select_tasks(kind: JobKind, tasks: Iterable[ProjectTask], predicted: set[int]) -> tuple[int, list[ProjectTask]]:
+def select_tasks(kind: RecordedKind, tasks: Iterable[ProjectTask], predicted: set[int]) -> tuple[int, list[ProjectTask]]:
     """(tasks in the job's scope, those of them still to predict), in listing order.
 
     A re-score leaves annotated tasks out of scope (they need no pre-label); tasks holding a prediction of the

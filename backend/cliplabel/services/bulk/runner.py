@@ -19,6 +19,7 @@ from cliplabel.labelstudio import label_config
 from cliplabel.labelstudio.client import RETRY_DELAYS_S, LabelStudioClient, is_transient
 from cliplabel.services.bulk.journal import JobJournal
 from cliplabel.services.bulk.model import MAX_ERRORS, ChunkResult
+from cliplabel.services.bulk.rescore import CachedRescorer
 from cliplabel.services.predict import Predictor
 from cliplabel.store import Store
 
@@ -46,6 +47,9 @@ class ChunkRunner:
 
     import_retry_delays_s: tuple[float, ...] = RETRY_DELAYS_S
     import_lease_s = 60.0  # a worker that dies while storing holds the project's import lease this long at most
+    # Predicts a `rescore` chunk from the cached embeddings in bulk (`CachedRescorer`, wired by the container), with
+    # the predictor's answers; None: `Predictor.predict(from_cache=True)`.
+    rescorer: CachedRescorer | None = None
 
     def __init__(self, journal: JobJournal, clients: Callable[[str], LabelStudioClient], predictor: Predictor,
                  store: Store, encoder_id: str, heads_for: Callable[[ModelVersion], Mapping[str, Head]],
@@ -85,8 +89,12 @@ class ChunkRunner:
                         if v.name == plan.model_version), None)
         heads = self.heads_for(version) if version is not None else {}
         predict_started = time.monotonic()
-        preds = self.predictor.predict([t for _, t in todo], config, state, plan.model_version, {}, heads,
-                                       from_cache=spec.kind == "rescore") if todo else []
+        preds = []
+        if todo and spec.kind == "rescore" and self.rescorer is not None:
+            preds = self.rescorer.predict([t for _, t in todo], config, state, plan.model_version, heads)
+        elif todo:
+            preds = self.predictor.predict([t for _, t in todo], config, state, plan.model_version, {}, heads,
+                                           from_cache=spec.kind == "rescore")
         keep, errors = sort_predictions([i for i, _ in todo], preds)
         write_started = time.monotonic()
         # One request per chunk: Label Studio stores a chunk's predictions in one transaction. Under the project's

@@ -21,6 +21,7 @@ from cliplabel.core.errors import (
     LabelStudioUnavailableError,
 )
 from cliplabel.labelstudio.client import LabelStudioClient
+from cliplabel.services.accepted import made_by_auto_accept
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class AnnotationConfirmer:
         self.required = required
 
     def confirm(self, event: AnnotationEvent, state: ProjectState | None) -> AnnotationEvent:
-        """The annotation as Label Studio stores it, with its task's stored data.
+        """The annotation as Label Studio stores it, with its task's stored data, marked `auto_accepted` when
+        auto-accept made it (see `cliplabel.services.accepted`).
 
         Returns the event unchanged when it is already confirmed (an export), or when no Label Studio is known and
         confirmation is not required.
@@ -72,6 +74,9 @@ class AnnotationConfirmer:
             if event.task_id is not None and stored.task_id != event.task_id:
                 raise self._refuse(event, f"Label Studio files it under task {stored.task_id}")
             task = client.task(pid, stored.task_id) if stored.task_id is not None else None
+            # Made from a prediction: auto-accept's (and unchanged) teaches nothing, so look at the parent.
+            parents = (client.task_predictions(stored.task_id)
+                       if task is not None and stored.parent_prediction is not None else [])
         except InvalidRequestError as exc:
             raise self._refuse(event, exc.detail) from exc
         except LabelStudioAuthError as exc:
@@ -82,7 +87,8 @@ class AnnotationConfirmer:
             raise LabelStudioUnavailableError(exc.detail, exc.upstream_status) from exc
         if task is None:
             raise self._refuse(event, f"task {stored.task_id} is not in the project")
-        return dataclasses.replace(stored, task_data=dict(task.data))
+        return dataclasses.replace(stored, task_data=dict(task.data), auto_accepted=made_by_auto_accept(
+            stored.regions, stored.parent_prediction, parents))
 
     def deleted(self, project_id: str, annotation_ids: list[int], state: ProjectState | None) -> list[int]:
         """Of the annotations an `ANNOTATIONS_DELETED` event names, those Label Studio no longer has (or that another

@@ -51,7 +51,8 @@ class ExampleMaker:
         """One example per annotated choice or box, plus one background example per predicted box left unmatched.
 
         The annotation is first confirmed against Label Studio's API (see `confirm`): its stored result and its
-        task's stored image are what teach, not the webhook's body; a cancelled (skipped) one teaches nothing.
+        task's stored image are what teach, not the webhook's body; a cancelled (skipped) one teaches nothing, nor
+        does one auto-accept made whose labels nobody changed (the model's own guess, not a person's answer).
 
         Raises:
             InvalidRequestError: the project has not been set up.
@@ -64,7 +65,7 @@ class ExampleMaker:
             raise InvalidRequestError(f"project {event.project_id} has not been set up")
         if self.confirmer is not None:
             event = self.confirmer.confirm(event, state)
-        if event.cancelled:
+        if event.cancelled or event.auto_accepted:
             return []
         config = label_config.parse_label_config(state.label_config)
         # Compared with what the version served now predicts: that is what the annotator saw or would have seen.
@@ -105,6 +106,8 @@ class ExampleMaker:
                       image_hash: str, heads: Mapping[str, Head]) -> list[FeedbackExample]:
         item = self.detector.load_image(blob)
         predicted = self.detector.detect([item], control, heads.get(control.from_name))[0]
+        # Every proposal's crops in the cache: a retrain judges box heads by running the detector on this scene.
+        self.detector.scene_embeddings(item)
         drawn = [(regions.from_percent(r.box_pct[0], r.box_pct[1], r.box_pct[2] - r.box_pct[0],
                                        r.box_pct[3] - r.box_pct[1], item.wh), r.labels[0])
                  for r in mine if r.box_pct is not None and r.labels[0] in control.values]

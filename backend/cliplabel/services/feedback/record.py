@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cliplabel.core.domain import Head, ModelVersion, ProjectState
+from cliplabel.core.domain import AnnotationEvent, Head, ModelVersion, ProjectState
 from cliplabel.core.errors import CliplabelError, LabelStudioError, StoreUnavailableError, TransientError
 from cliplabel.core.metrics import Metrics
 from cliplabel.labelstudio import format as ls_format
 from cliplabel.labelstudio.client import LabelStudioClient
+from cliplabel.services.accepted import made_by_auto_accept
 from cliplabel.services.feedback.examples import ExampleMaker
 from cliplabel.services.feedback.trainer import SINCE, Trainer
 from cliplabel.store import Store
@@ -268,18 +269,24 @@ class FeedbackService:
             logger.info("project=%s: no Label Studio URL/token, training on recorded feedback only", pid)
             return 0
         try:
-            tasks = client.export(int(pid))
+            events = ls_format.exported_events(client.export(int(pid)), pid)
+            accepted = self._auto_accepted(client, pid, events)
         except CliplabelError as exc:
             if is_transient(exc):
                 raise  # the START_TRAINING event stays queued and is retried
             logger.warning("project=%s: could not export annotations: %s", pid, exc.detail)
             return 0
         recorded = 0
-        for event in ls_format.exported_events(tasks, pid):
+        for event in events:
             if isinstance(event, CliplabelError):
                 logger.warning("project=%s: skipped an exported annotation: %s", pid, event.detail)
                 continue
             if event.cancelled:
+                continue
+            if event.annotation_id in accepted:
+                # Auto-accept's own guess, not a person's answer: it must not teach the head that made it (and
+                # any examples an earlier import recorded for it go).
+                self.store.put_feedback(pid, event.annotation_id, [])
                 continue
             try:
                 self.store.put_feedback(pid, event.annotation_id, self.example_maker.examples(event))
@@ -288,5 +295,17 @@ class FeedbackService:
                 if is_transient(exc):
                     raise
                 logger.warning("project=%s: skipped an exported annotation: %s", pid, exc.detail)
-        logger.info("project=%s: recorded %d annotations from Label Studio's export", pid, recorded)
+        logger.info("project=%s: recorded %d annotations from Label Studio's export (%d auto-accepted ones left out)",
+                    pid, recorded, len(accepted))
         return recorded
+
+    @staticmethod
+    def _auto_accepted(client: LabelStudioClient, pid: str, events: list[AnnotationEvent | CliplabelError]
+                       ) -> set[int]:
+        """The exported annotations auto-accept made and nobody changed since (see `cliplabel.services.accepted`);
+        the project's predictions are fetched only when some annotation was made from a prediction."""
+        made = [e for e in events if isinstance(e, AnnotationEvent) and e.parent_prediction is not None]
+        if not made:
+            return set()
+        predictions = client.predictions(int(pid))
+        return {e.annotation_id for e in made if made_by_auto_accept(e.regions, e.parent_prediction, predictions)}

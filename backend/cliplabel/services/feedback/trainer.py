@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from cliplabel.labelstudio import label_config
 from cliplabel.model.embeddings import EmbeddingService
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.services.detect import BoxDetector
+from cliplabel.services.feedback import box_gate
 from cliplabel.services.versions import current_version, version_name
 from cliplabel.store import Store
 from cliplabel.store.heads import HeadStore
@@ -122,11 +123,21 @@ class Trainer:
         logit_scale = self.encoder.logit_scale
         fixed_bg = self.detector.background_vectors(control) if control.kind == "rectanglelabels" \
             else np.zeros((0, prompt_embs[0].shape[1]), np.float32)
+        zero_shot = Head(control.from_name, control.values, self.class_vectors.zero_shot(control),
+                         np.zeros((0, prompt_embs[0].shape[1]), np.float32), logit_scale)
         if current is None or current.labels != control.values:
-            current = Head(control.from_name, control.values, self.class_vectors.zero_shot(control),
-                           np.zeros((0, prompt_embs[0].shape[1]), np.float32), logit_scale)
-        data = train.Examples(np.stack([e.embedding for e in usable]),
-                              np.array([-1 if e.label is None else index[e.label] for e in usable]))
-        # Box thresholds and the background competition are calibrated at the encoder's temperature: keep it there.
-        factors = (1.0,) if control.kind == "rectanglelabels" else train.SCALE_FACTORS
-        return train.fit(control.from_name, control.values, prompt_embs, data, current, fixed_bg, logit_scale, factors)
+            current = zero_shot
+
+        def fit(subset: Sequence[FeedbackExample], judge: bool) -> train.TrainResult:
+            data = train.Examples(np.stack([e.embedding for e in subset]),
+                                  np.array([-1 if e.label is None else index[e.label] for e in subset]))
+            # Box thresholds and the background competition are calibrated at the encoder's temperature: keep it.
+            factors = (1.0,) if control.kind == "rectanglelabels" else train.SCALE_FACTORS
+            return train.fit(control.from_name, control.values, prompt_embs, data, current, fixed_bg, logit_scale,
+                             factors, compare_current=judge)
+
+        if control.kind != "rectanglelabels":
+            return fit(usable, True)
+        # A box head is judged on whole annotated scenes, not on crops (see box_gate).
+        return box_gate.judge(self.detector, control, usable, lambda subset: fit(subset, False), fit(usable, False),
+                              zero_shot, current)
