@@ -17,7 +17,9 @@ Rows:
   quantised per call). With random weights its cosine says nothing about accuracy; it is a speed row only;
 - `--extras spin`: the product's fp32 export with ONNX Runtime's default of idle threads spinning between ops (the
   product turns it off: it shares its CPUs with Label Studio and its own download threads);
-- `--extras openvino`: the same fp32 export compiled by OpenVINO for the CPU (f32 precision hint), if installed.
+- `--extras openvino`: the same fp32 export compiled by OpenVINO for the CPU (f32 precision hint), if installed;
+- `--extras openvino-bf16`: the same with OpenVINO's bf16 precision hint (CPUs with AVX-512 BF16 or AMX): not an
+  fp32 runtime, so a speed row with its cosine, not a candidate for the fp32 target.
 Also the cosine of each runtime's embeddings to torch's (lowest over the batch and the prompts), and the one-time
 cost of preparing it (export or quantisation or compilation). Speed does not depend on weight values, so models
 without a local checkpoint run with random weights (the same seed in every load).
@@ -94,14 +96,14 @@ def int8_runtime(image: Path, text: Path, out: Path, threads: int) -> Runtime:
     return Runtime("onnx int8 (dynamic)", images, tokens, time.perf_counter() - started)
 
 
-def openvino_runtime(image: Path, text: Path, threads: int) -> Runtime:
+def openvino_runtime(image: Path, text: Path, threads: int, precision: str = "f32") -> Runtime:
     import openvino as ov
 
     started = time.perf_counter()
     core = ov.Core()
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     compiled = [core.compile_model(str(p), "CPU", config) for p in (image, text)]
-    return Runtime(f"openvino {ov.__version__.split('-')[0]} fp32",
+    return Runtime(f"openvino {ov.__version__.split('-')[0]} {'fp32' if precision == 'f32' else precision}",
                    lambda x: np.asarray(compiled[0](x)[0], np.float32),
                    lambda t: np.asarray(compiled[1](t)[0], np.float32), time.perf_counter() - started)
 
@@ -141,6 +143,11 @@ def measure(name: str, args: argparse.Namespace, cache: Path) -> tuple[list[Runt
                 runtimes.append(openvino_runtime(image_path, text_path, args.threads))
             except ImportError:
                 print(f"{name}: openvino is not installed; no OpenVINO row", file=sys.stderr)
+        if "openvino-bf16" in extras:  # not fp32: a speed row beside the f32 one, with its own cosine
+            try:
+                runtimes.append(openvino_runtime(image_path, text_path, args.threads, "bf16"))
+            except ImportError:
+                print(f"{name}: openvino is not installed; no OpenVINO bf16 row", file=sys.stderr)
         batch = np.random.default_rng(0).integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8)
         for rt in runtimes:  # warm-up: first calls allocate
             rt.images(batch[:2])
@@ -182,7 +189,7 @@ def main() -> int:
     parser.add_argument("--min-seconds", type=float, default=10.0, help="torch's work per tower over all repeats")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--extras", default="spin,int8,openvino",
-                        help="extra rows: spin, int8, openvino (comma-separated)")
+                        help="extra rows: spin, int8, openvino, openvino-bf16 (comma-separated)")
     args = parser.parse_args()
     print(f"batch {args.batch} images / {TEXT_BATCH} prompts, {args.threads} threads, {args.repeats} repeats of "
           f"≥ {args.min_seconds / args.repeats:.1f} s of torch work per tower (median, min–max)")

@@ -95,6 +95,19 @@ def _wait_version(url: str, project: int, name: str, step: str, timeout_s: float
     raise StepError(f"{step}: version {name} did not appear; versions {_versions(url, project, auth)}")
 
 
+def wait_final(url: str, path: str, step: str, timeout_s: float = 300) -> dict:
+    """Polls a job's status (`/jobs/{id}`, `/accept/{id}`) until it ends; anything but `done` is a StepError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = requests.get(f"{url}{path}", timeout=5).json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            if status["state"] != "done":
+                raise StepError(f"{step}: job ended {status['state']}: {status}")
+            return status
+        time.sleep(0.2)
+    raise StepError(f"{step}: job not done in {timeout_s} s")
+
+
 def stop_all(procs: list[subprocess.Popen], tmp: Path) -> None:  # type: ignore[type-arg]
     """SIGTERM every process; then a traceback in any log fails the test."""
     import signal

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import requests
 
 from tests import synthetic
 from tests.e2e import labelstudio
-from tests.e2e.cliplabel_procs import ROOT, _label_of, _upload, backend_env, start_backend, stop_all
+from tests.e2e.cliplabel_procs import ROOT, _label_of, _upload, backend_env, start_backend, stop_all, wait_final
 from tests.e2e.labelstudio import StepError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -45,18 +44,6 @@ def _choice(label: str) -> list[dict]:
     return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]
 
 
-def _wait(url: str, path: str, step: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = requests.get(f"{url}{path}", timeout=5).json()
-        if status["state"] in ("done", "failed", "cancelled"):
-            if status["state"] != "done":
-                raise StepError(f"{step}: job ended {status['state']}: {status}")
-            return status
-        time.sleep(0.2)
-    raise StepError(f"{step}: job not done in {timeout_s} s")
-
-
 def test_auto_accept_marks_never_overwrites_and_undoes_and_audit_finds_wrong_labels(ls_ready, tiny_model_dir,
                                                                                    tmp_path: Path) -> None:
     ls = labelstudio.start(tmp_path)
@@ -70,7 +57,7 @@ def test_auto_accept_marks_never_overwrites_and_undoes_and_audit_finds_wrong_lab
         ls.api("POST", "/api/ml", "1 register backend", json={"url": url, "project": project, "title": "cliplabel",
                                                                "is_interactive": False})
         job = requests.post(f"{url}/jobs", json={"project": project, "chunk_size": 32}, timeout=10).json()
-        _wait(url, f"/jobs/{job['job_id']}", "1 bulk job")
+        wait_final(url, f"/jobs/{job['job_id']}", "1 bulk job")
 
         # 2. people label the first half (two of them wrongly) and skip one task
         ids = sorted(truth)
@@ -100,7 +87,7 @@ def test_auto_accept_marks_never_overwrites_and_undoes_and_audit_finds_wrong_lab
         resp = requests.post(f"{url}/accept", json={"project": project, "target": TARGET}, timeout=300)
         if resp.status_code != 202:
             raise StepError(f"4 accept: {resp.status_code} {resp.text}")
-        status = _wait(url, f"/accept/{resp.json()['job']['job_id']}", "4 accept job")
+        status = wait_final(url, f"/accept/{resp.json()['job']['job_id']}", "4 accept job")
         export = ls.api("GET", f"/api/projects/{project}/export?exportType=JSON", "4 export")
         by_task = {t["id"]: t["annotations"] for t in export}
         preds = {p["id"]: p for p in ls.api("GET", f"/api/predictions?project={project}", "4 predictions")}

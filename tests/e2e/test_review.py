@@ -20,7 +20,7 @@ import requests
 
 from tests import synthetic
 from tests.e2e import labelstudio
-from tests.e2e.cliplabel_procs import ROOT, _label_of, _upload, backend_env, start_backend, stop_all
+from tests.e2e.cliplabel_procs import ROOT, _label_of, _upload, backend_env, start_backend, stop_all, wait_final
 from tests.e2e.labelstudio import StepError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -29,18 +29,6 @@ CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toNam
           + "".join(f'<Choice value="{s}"/>' for s in SHAPES) + "</Choices></View>")
 N_TASKS = 48
 TITLE = "Review: least certain first"
-
-
-def _wait_job(url: str, job_id: str, step: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = requests.get(f"{url}/jobs/{job_id}", timeout=5).json()
-        if status["state"] in ("done", "failed", "cancelled"):
-            if status["state"] != "done":
-                raise StepError(f"{step}: job ended {status['state']}: {status}")
-            return status
-        time.sleep(0.2)
-    raise StepError(f"{step}: job not done in {timeout_s} s")
 
 
 def _images(n: int) -> list[tuple[str, bytes]]:
@@ -69,7 +57,7 @@ def test_uncertain_first_views_and_search(ls_ready, tiny_model_dir, tmp_path: Pa
         # 2. a bulk job stores the predictions with one request per chunk: Label Studio's bulk import keeps result,
         # score and model version only (it would drop a cluster), so every prediction starts without one
         job = requests.post(f"{url}/jobs", json={"project": project, "chunk_size": 16}, timeout=10).json()
-        final = _wait_job(url, job["job_id"], "2 bulk job")
+        final = wait_final(url, f"/jobs/{job['job_id']}", "2 bulk job")
         version = final["model_version"]
         preds = [p for p in ls.api("GET", f"/api/predictions?project={project}", "2 predictions")
                  if p["model_version"] == version]

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from cliplabel.core.domain import ChoicePrediction, Control, Head, LabelConfig, ProjectState, TaskPrediction
+from cliplabel.core.domain import ChoicePrediction, ClassProbabilities, Control, Head, LabelConfig, ProjectState, TaskPrediction
 from cliplabel.labelstudio import format as ls_format
 from cliplabel.services.predict import Predictor
 from cliplabel.services.reference_index import image_ref
@@ -134,5 +134,5 @@ def choose_rows(control: Control, probs: np.ndarray) -> list[ChoicePrediction | 
     top = probs[np.arange(len(probs)), best]
     reached = (top >= (control.score_threshold or 0.0)).tolist()
     return [ChoicePrediction(from_name=name, to_name=to_name, choices=(values[b],), score=score,
-                             probabilities=dict(zip(values, row))) if ok else None
-            for b, score, row, ok in zip(best.tolist(), np.clip(top, 0.0, 1.0).tolist(), probs.tolist(), reached)]
+                             probabilities=ClassProbabilities(values, row)) if ok else None
+            for b, score, row, ok in zip(best.tolist(), np.clip(top, 0.0, 1.0).tolist(), probs, reached)]
