@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,23 @@ def _cdp(ws: websocket.WebSocket, method: str, params: dict | None = None, _ids:
         msg = json.loads(ws.recv())
         if msg.get("id") == _ids[0]:
             return msg.get("result", {})
+
+
+@contextmanager
+def _stack(with_token: bool) -> Iterator[tuple[labelstudio.LabelStudio, str, Path]]:
+    """The e2e Label Studio and `cliplabel serve` (told Label Studio's URL and token when `with_token`), stopped after."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        ls = labelstudio.start(tmp)
+        extra = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": labelstudio.TOKEN} if with_token else {}
+        url, procs = start_backend(tmp, tinyclip.ensure_model(), None, **extra)
+        try:
+            yield ls, url, tmp
+        finally:
+            try:
+                stop_all(procs, tmp)
+            finally:
+                ls.stop()
 
 
 def _capture(ls: labelstudio.LabelStudio, tmp: Path, url: str, out: Path, wait_s: float) -> None:
@@ -91,34 +110,41 @@ def views(out: Path) -> None:
     rng = np.random.default_rng(5)
     images = [(f"{shapes[i % 4]}_{i}.png", synthetic.encode_png(synthetic.object_image(
         rng, str(rng.choice(list(synthetic.COLOURS))), shapes[i % 4].lower(), 64))) for i in range(96)]
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        ls = labelstudio.start(tmp)
-        extra = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": labelstudio.TOKEN}
-        url, procs = start_backend(tmp, tinyclip.ensure_model(), None, **extra)
-        try:
-            project = ls.api("POST", "/api/projects", "create", json={"title": "cliplabel views",
-                                                                      "label_config": config})["id"]
-            tasks = _upload(ls, project, images, "upload")
-            ls.api("POST", "/api/ml", "register", json={"url": url, "project": project, "title": "cliplabel",
-                                                        "is_interactive": False})
-            job = requests.post(f"{url}/jobs", json={"project": project, "chunk_size": 16}, timeout=10).json()
-            wait_final(url, f"/jobs/{job['job_id']}", "bulk job")
-            for i, task in enumerate(tasks[:48]):
-                label = _label_of(task)
-                if i < 2:  # two wrong labels for the audit to find
-                    label = shapes[(shapes.index(label) + 1) % 4]
-                ls.api("POST", f"/api/tasks/{task['id']}/annotations", "annotate", json={"result": [
-                    {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
-            requests.post(f"{url}/audit", json={"project": project}, timeout=300).raise_for_status()
-            review = requests.post(f"{url}/review", json={"project": project}, timeout=300)
-            review.raise_for_status()
-            _capture(ls, tmp, f"{ls.url}/projects/{project}/data?tab={review.json()['view_id']}", out, 20)
-        finally:
-            try:
-                stop_all(procs, tmp)
-            finally:
-                ls.stop()
+    with _stack(with_token=True) as (ls, url, tmp):
+        project = ls.api("POST", "/api/projects", "create", json={"title": "cliplabel views",
+                                                                  "label_config": config})["id"]
+        tasks = _upload(ls, project, images, "upload")
+        ls.api("POST", "/api/ml", "register", json={"url": url, "project": project, "title": "cliplabel",
+                                                    "is_interactive": False})
+        job = requests.post(f"{url}/jobs", json={"project": project, "chunk_size": 16}, timeout=10).json()
+        wait_final(url, f"/jobs/{job['job_id']}", "bulk job")
+        for i, task in enumerate(tasks[:48]):
+            label = _label_of(task)
+            if i < 2:  # two wrong labels for the audit to find
+                label = shapes[(shapes.index(label) + 1) % 4]
+            ls.api("POST", f"/api/tasks/{task['id']}/annotations", "annotate", json={"result": [
+                {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
+        requests.post(f"{url}/audit", json={"project": project}, timeout=300).raise_for_status()
+        review = requests.post(f"{url}/review", json={"project": project}, timeout=300)
+        review.raise_for_status()
+        _capture(ls, tmp, f"{ls.url}/projects/{project}/data?tab={review.json()['view_id']}", out, 20)
+
+
+def labelling(out: Path) -> None:
+    with _stack(with_token=False) as (ls, backend_url, tmp):
+        config = (ROOT / "label_config.xml").read_text()
+        project = ls.api("POST", "/api/projects", "create", json={"title": "cliplabel pre-labels",
+                                                                  "label_config": config})["id"]
+        rng = np.random.default_rng(21)
+        scenes = []
+        for i in range(3):
+            img, _ = synthetic.scene(rng, 480, 360, n_objects=3, min_radius_frac=0.12, max_radius_frac=0.22)
+            scenes.append((f"scene_{i}.png", synthetic.encode_png(img)))
+        tasks = _upload(ls, project, scenes, "upload")
+        ls.api("POST", "/api/ml", "register", json={"url": backend_url, "project": project, "title": "cliplabel",
+                                                    "is_interactive": True})
+        _retrieve(ls, project, len(tasks), _versions(backend_url, project)[-1], "retrieve")
+        _capture(ls, tmp, f"{ls.url}/projects/{project}/data?task={tasks[0]['id']}", out, 15)
 
 
 def main() -> int:
@@ -126,30 +152,7 @@ def main() -> int:
     if "--views" in sys.argv[1:]:
         views(Path(args[0]) if args else ROOT / "docs" / "views.png")
         return 0
-    out = Path(args[0]) if args else ROOT / "docs" / "labelstudio.png"
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        ls = labelstudio.start(tmp)
-        backend_url, procs = start_backend(tmp, tinyclip.ensure_model(), None)
-        try:
-            config = (ROOT / "label_config.xml").read_text()
-            project = ls.api("POST", "/api/projects", "create", json={"title": "cliplabel pre-labels",
-                                                                      "label_config": config})["id"]
-            rng = np.random.default_rng(21)
-            scenes = []
-            for i in range(3):
-                img, _ = synthetic.scene(rng, 480, 360, n_objects=3, min_radius_frac=0.12, max_radius_frac=0.22)
-                scenes.append((f"scene_{i}.png", synthetic.encode_png(img)))
-            tasks = _upload(ls, project, scenes, "upload")
-            ls.api("POST", "/api/ml", "register", json={"url": backend_url, "project": project, "title": "cliplabel",
-                                                        "is_interactive": True})
-            _retrieve(ls, project, len(tasks), _versions(backend_url, project)[-1], "retrieve")
-            _capture(ls, tmp, f"{ls.url}/projects/{project}/data?task={tasks[0]['id']}", out, 15)
-        finally:
-            try:
-                stop_all(procs, tmp)
-            finally:
-                ls.stop()
+    labelling(Path(args[0]) if args else ROOT / "docs" / "labelstudio.png")
     return 0
 
 
