@@ -522,7 +522,7 @@ def print_tables(rows: list[dict[str, Any]], rescores: list[dict[str, Any]], ret
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,ViT-B-32", help="comma-separated: tiny and/or open_clip names")
-    parser.add_argument("--runtimes", default="torch", help="comma-separated CLIPLABEL_RUNTIME values: torch, onnx "
+    parser.add_argument("--runtimes", default="torch", help="comma-separated CLIPLABEL_RUNTIME values: torch, onnx, openvino "
                                                             "(CPU only), auto")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--images", type=int, default=256, help="classification images per repeat (96 for big "

@@ -1,4 +1,5 @@
-"""The ONNX Runtime encoder: the same embeddings as torch, and an export cache that never serves a bad export."""
+"""The ONNX Runtime and OpenVINO encoders: the same embeddings and zero-shot answers as torch, and an export cache
+that never serves a bad export."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import numpy as np
 import pytest
 
 from cliplabel.core.errors import SettingsError
-from cliplabel.model.encoder import ClipEncoder, load_encoder, resolve_runtime
+from cliplabel.model import encoder as encoder_module
+from cliplabel.model.encoder import ClipEncoder, Runtime, load_encoder, resolve_runtime
 from cliplabel.model.files import file_digest
-from tests import synthetic
+from tests import synthetic, tinyclip
 
 MIN_COSINE = 0.9999
 TEXTS = ["a photo of a red circle.", "a blue square", "a drawing of a green triangle on a white background.", "x"]
 
 
-def _onnx(model_dir: Path, cache: Path) -> ClipEncoder:
-    return load_encoder(f"local-dir:{model_dir}", None, "cpu", runtime="onnx", cache_dir=cache)
+def _onnx(model_dir: Path, cache: Path, runtime: Runtime = "onnx") -> ClipEncoder:
+    """The model in a runtime that runs its ONNX export (`onnx` or `openvino`), exported into `cache`."""
+    return load_encoder(f"local-dir:{model_dir}", None, "cpu", runtime=runtime, cache_dir=cache)
 
 
 def _images(size: int, n: int = 12) -> np.ndarray:
@@ -54,6 +57,61 @@ def test_onnx_embeddings_match_torch(any_model_dir: Path, any_encoder: ClipEncod
     assert enc.encode_texts([]).shape == (0, enc.embed_dim)
 
 
+def test_openvino_embeddings_match_torch(any_model_dir: Path, any_encoder: ClipEncoder, tmp_path: Path) -> None:
+    """OpenVINO (bf16 where the CPU has it, else f32) compiles the export ONNX Runtime uses, from the same cache."""
+    _onnx(any_model_dir, tmp_path)
+    files = _export_files(tmp_path, any_encoder.encoder_id)
+    stamps = [p.stat().st_mtime_ns for p in files]
+    enc = _onnx(any_model_dir, tmp_path, "openvino")
+    assert [p.stat().st_mtime_ns for p in files] == stamps
+    assert (enc.runtime, enc.encoder_id, enc.embed_dim) == ("openvino", any_encoder.encoder_id, any_encoder.embed_dim)
+    assert enc.precision in ("bf16", "fp32") and any_encoder.precision == "fp32"
+    _assert_matches_torch(enc, any_encoder)
+    one = _images(enc.image_size, 2)[:1]
+    assert enc.encode_images(one).shape == (1, enc.embed_dim)
+    assert enc.encode_images(one[:0]).shape == (0, enc.embed_dim)
+
+
+def test_openvino_f32_where_the_cpu_has_no_bf16(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoder_module, "_openvino_precision", lambda core: "f32")
+    enc = _onnx(tiny_model_dir, tmp_path, "openvino")
+    assert (enc.runtime, enc.precision) == ("openvino", "fp32")
+    _assert_matches_torch(enc, encoder)
+
+
+def test_openvino_text_tower_where_prompts_cannot_be_trimmed(tiny_model_dir: Path, encoder: ClipEncoder,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text towers that cannot take trimmed tokens (Hugging Face ones) run in OpenVINO too, probed like the images."""
+    monkeypatch.setattr(encoder_module, "_trims_text", lambda model: False)
+    enc = _onnx(tiny_model_dir, tmp_path, "openvino")
+    assert enc._model is None and enc._towers is not None and enc._towers.has_text
+    _assert_matches_torch(enc, encoder)
+
+
+def _zero_shot(enc: ClipEncoder, images: np.ndarray, classes: list[str]) -> np.ndarray:
+    """(N,) top-1 class indices, with prompt ensembles of templates the test models never saw in training."""
+    vecs = np.stack([enc.encode_texts([t.format(c) for t in tinyclip.HELD_OUT_TEMPLATES]).mean(axis=0)
+                     for c in classes])
+    return np.argmax(enc.encode_images(images) @ vecs.T, axis=1)
+
+
+def test_openvino_keeps_zero_shot_answers(any_model_dir: Path, any_encoder: ClipEncoder, tmp_path: Path) -> None:
+    """The accuracy gate of a lower-precision runtime: top-1 agreement with torch fp32 ≥ 99 % and held-out accuracy
+    within 1 point, on 512 single-object images of the 24 colour-shape classes."""
+    rng = np.random.default_rng(11)
+    size = any_encoder.image_size
+    drawn = [synthetic.random_object_image(rng, size, background_rate=0.0) for _ in range(512)]
+    images = np.stack([np.asarray(img.convert("RGB")) for img, _, _ in drawn]).astype(np.uint8)
+    classes = [f"{c} {s}" for c in synthetic.COLOURS for s in synthetic.SHAPES]
+    truth = np.array([classes.index(f"{c} {s}") for _, c, s in drawn])
+    want = _zero_shot(any_encoder, images, classes)
+    got = _zero_shot(_onnx(any_model_dir, tmp_path, "openvino"), images, classes)
+    agreement = float(np.mean(got == want))
+    accuracy = (float(np.mean(got == truth)), float(np.mean(want == truth)))
+    assert agreement >= 0.99 and abs(accuracy[0] - accuracy[1]) <= 0.01, (agreement, accuracy)
+
+
 def test_trimmed_prompts_match_full_context(any_encoder: ClipEncoder) -> None:
     """The torch text path cuts the padding after a batch's longest prompt: the vectors are open_clip's own, over the
     full context length, whatever the batch's lengths (one word, an empty prompt, a long one)."""
@@ -85,39 +143,44 @@ def test_export_is_reused_when_valid(tiny_model_dir: Path, encoder: ClipEncoder,
     assert [p.stat().st_mtime_ns for p in files] == stamps
 
 
-def test_corrupt_export_is_rebuilt_not_used(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
-    _onnx(tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_corrupt_export_is_rebuilt_not_used(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path,
+                                            runtime: Runtime) -> None:
+    _onnx(tiny_model_dir, tmp_path, runtime)
     image, text, manifest = _export_files(tmp_path, encoder.encoder_id)
     # Flip bytes in the middle of the weights: the file still has its length, and may still parse.
     data = bytearray(image.read_bytes())
     mid = len(data) // 2
     data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
     image.write_bytes(bytes(data))
-    enc = _onnx(tiny_model_dir, tmp_path)
-    assert image.read_bytes() != bytes(data)
+    enc = _onnx(tiny_model_dir, tmp_path, runtime)
+    assert image.read_bytes() != bytes(data) and enc.runtime == runtime
     _assert_matches_torch(enc, encoder)
 
 
-def test_stale_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
-    _onnx(tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_stale_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path, runtime: Runtime) -> None:
+    _onnx(tiny_model_dir, tmp_path, runtime)
     _, _, manifest = _export_files(tmp_path, encoder.encoder_id)
     recorded = json.loads(manifest.read_text())
     stale = {**recorded, "identity": {**recorded["identity"], "format": 0, "torch": "0.0"}}
     manifest.write_text(json.dumps(stale))
-    enc = _onnx(tiny_model_dir, tmp_path)
+    enc = _onnx(tiny_model_dir, tmp_path, runtime)
     assert json.loads(manifest.read_text())["identity"] == recorded["identity"]
     _assert_matches_torch(enc, encoder)
 
 
-def test_unloadable_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
-    """Bytes that are no ONNX model, with a manifest that agrees with them: ONNX Runtime's load error rebuilds."""
-    _onnx(tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_unloadable_export_is_rebuilt(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path,
+                                      runtime: Runtime) -> None:
+    """Bytes that are no ONNX model, with a manifest that agrees with them: the runtime's load error rebuilds."""
+    _onnx(tiny_model_dir, tmp_path, runtime)
     image, _, manifest = _export_files(tmp_path, encoder.encoder_id)
     image.write_bytes(b"not an onnx model")
     recorded = json.loads(manifest.read_text())
     recorded["sha256"][image.name] = file_digest(image)
     manifest.write_text(json.dumps(recorded))
-    enc = _onnx(tiny_model_dir, tmp_path)
+    enc = _onnx(tiny_model_dir, tmp_path, runtime)
     assert image.read_bytes() != b"not an onnx model"
     _assert_matches_torch(enc, encoder)
 
@@ -133,8 +196,9 @@ def test_export_without_manifest_is_rebuilt(tiny_model_dir: Path, encoder: ClipE
     _assert_matches_torch(enc, encoder)
 
 
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
 def test_consistent_but_wrong_export_is_rebuilt(tiny_model_dir: Path, plain_model_dir: Path, encoder: ClipEncoder,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, runtime: Runtime) -> None:
     """Another model's towers under this encoder id, with a manifest that agrees with them: the probe against torch
     catches what the digests cannot."""
     other = _onnx(plain_model_dir, tmp_path / "other")
@@ -146,7 +210,7 @@ def test_consistent_but_wrong_export_is_rebuilt(tiny_model_dir: Path, plain_mode
     recorded["identity"]["encoder_id"] = encoder.encoder_id
     recorded["sha256"] = {own[i].name: recorded["sha256"][foreign[i].name] for i in range(2)}
     own[2].write_text(json.dumps(recorded))
-    enc = _onnx(tiny_model_dir, tmp_path)
+    enc = _onnx(tiny_model_dir, tmp_path, runtime)
     assert own[0].read_bytes() != foreign[0].read_bytes()
     _assert_matches_torch(enc, encoder)
 
@@ -156,19 +220,22 @@ def test_consistent_but_wrong_export_is_rebuilt(tiny_model_dir: Path, plain_mode
     ("auto", "cuda", "torch"),  # ONNX Runtime's CUDA provider is not used
     ("torch", "cpu", "torch"),
     ("onnx", "cpu", "onnx"),
+    ("openvino", "cpu", "openvino"),  # opt-in only: `auto` never picks a bf16 runtime
 ])
 def test_resolve_runtime(runtime: str, device: str, expected: str) -> None:
     assert resolve_runtime(runtime, device) == expected  # type: ignore[arg-type]
 
 
-def test_onnx_on_cuda_is_a_settings_error() -> None:
-    with pytest.raises(SettingsError, match="CLIPLABEL_RUNTIME=onnx"):
-        resolve_runtime("onnx", "cuda")
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_cpu_runtime_on_cuda_is_a_settings_error(runtime: Runtime) -> None:
+    with pytest.raises(SettingsError, match=f"CLIPLABEL_RUNTIME={runtime}"):
+        resolve_runtime(runtime, "cuda")
 
 
-def test_onnx_without_cache_dir_is_a_settings_error(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_exported_runtime_without_cache_dir_is_a_settings_error(tiny_model_dir: Path, runtime: Runtime) -> None:
     with pytest.raises(SettingsError, match="cache directory"):
-        load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu", runtime="onnx")
+        load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu", runtime=runtime)
 
 
 def test_onnx_encodes_jpegs_like_torch(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:

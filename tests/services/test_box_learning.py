@@ -1,4 +1,5 @@
-"""Boxes learn without getting worse, on BOTH test models, through the real services: annotations arrive as webhook
+"""Boxes learn — after 40 annotated scenes, 40 % fewer false boxes or more and AP50 kept on held-out scenes — on BOTH
+test models, through the real services: annotations arrive as webhook
 events (the annotator keeps the true boxes and deletes our false ones), the worker turns them into examples, a
 retrain judges box heads by running the detector on the annotated scenes (`services/feedback/box_gate.py`), and
 held-out scenes never annotated are scored before and after.
@@ -27,7 +28,7 @@ CLASSES = [f"{c} {s}" for c in synthetic.COLOURS for s in synthetic.SHAPES]
 CONFIG = ('<View><Image name="image" value="$image"/><RectangleLabels name="bbox" toName="image">'
           + "".join(f'<Label value="{k}"/>' for k in CLASSES) + "</RectangleLabels></View>")
 PID = "7"
-ANNOTATED, HELD_OUT = 24, 24
+ANNOTATED, HELD_OUT = 40, 60
 PNGS: dict[tuple[str, int], bytes] = {}
 
 
@@ -74,19 +75,24 @@ def _annotate(services: Services, host: ImageHost, scenes: list[tuple[dict, list
     services.feedback.process_pending()
 
 
-def test_after_feedback_boxes_do_not_get_worse(services: Services, image_host: ImageHost) -> None:
+def test_after_40_annotated_scenes_false_boxes_fall_by_40_percent_and_ap50_holds(services: Services,
+                                                                    image_host: ImageHost) -> None:
     held = _scenes(image_host, HELD_OUT, seed=12, prefix="h")
     before = _box_scores(services, held)
     _annotate(services, image_host, _scenes(image_host, ANNOTATED, seed=11, prefix="a"))
     assert any(e.kind == "reject" for e in services.store.list_feedback(PID))  # false boxes became background
     version = services.feedback.train_project(PID)
     after = _box_scores(services, held)
-    assert after.ap50 >= before.ap50 - 0.02, (before, after)
-    assert after.fp_per_image <= before.fp_per_image, (before, after)
-    if version is not None:  # accepted only on whole-scene evidence: held-out AP50 kept, fewer edits
+    assert version is not None and "verifier" in version.note, version
+    # One annotation stream: at least 40 % fewer false boxes (here framed 0.87 → 0.45, plain 1.02 → 0.38). The issue's
+    # "at least halved" is the mean over three streams in `bench/bench_learning.py`, which prints it as PASS/FAIL.
+    assert after.fp_per_image <= 0.6 * before.fp_per_image, (before, after)
+    assert after.ap50 >= before.ap50, (before, after)
+    if version is not None:  # accepted only on whole-scene evidence: held-out AP50 kept, less work per scene
         m = version.metrics
         assert m["bbox.scene_ap50"] >= m["bbox.current_scene_ap50"]
-        assert m["bbox.scene_fp"] + m["bbox.scene_fn"] < m["bbox.current_scene_fp"] + m["bbox.current_scene_fn"]
+        cost = scene_gate.DRAW_COST
+        assert m["bbox.scene_fp"] + cost * m["bbox.scene_fn"] < m["bbox.current_scene_fp"] + cost * m["bbox.current_scene_fn"]
 
 
 def test_the_gate_never_serves_a_head_that_lowers_whole_scene_ap50(services: Services,

@@ -1,4 +1,5 @@
-"""CLIPLABEL_RUNTIME reaches the encoder: the services built from settings run ONNX Runtime, exports in the data dir."""
+"""CLIPLABEL_RUNTIME reaches the encoder: the services built from settings run ONNX Runtime or OpenVINO, exports in
+the data dir."""
 
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ CONFIG = ('<View><Image name="image" value="$image"/><Choices name="label" toNam
           + "</Choices></View>")
 
 
-def test_onnx_runtime_from_settings(tiny_model_dir: Path, encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_exported_runtime_from_settings(tiny_model_dir: Path, encoder, tmp_path: Path, runtime: str) -> None:  # type: ignore[no-untyped-def]
     settings = Settings.from_env({"CLIPLABEL_MODEL": f"local-dir:{tiny_model_dir}", "CLIPLABEL_PRETRAINED": "",
-                                  "CLIPLABEL_DEVICE": "cpu", "CLIPLABEL_RUNTIME": "onnx",
+                                  "CLIPLABEL_DEVICE": "cpu", "CLIPLABEL_RUNTIME": runtime,
                                   "CLIPLABEL_DATA_DIR": str(tmp_path / "data")})
     services = build_services(settings, worker=True)
     try:
         enc = services.encoder.encoder if isinstance(services.encoder, MicroBatcher) else services.encoder
-        assert enc.runtime == "onnx"  # type: ignore[attr-defined]
+        assert enc.runtime == runtime  # type: ignore[attr-defined]
         assert sorted(p.name.split("-", 1)[1] for p in (tmp_path / "data" / "onnx").glob("*")) == [
             "image.onnx", "manifest.json", "text.onnx"]
         # The same zero-shot class vectors as the torch encoder's (both served from one cache key).

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from cliplabel.core.domain import Head, ModelVersion
+from cliplabel.core.domain import BoxVerifier, Head, ModelVersion
 from cliplabel.store import records
 from cliplabel.store.heads import HEADS_NS, HeadStore, dump_heads, heads_key, load_heads
 
@@ -40,6 +40,18 @@ def test_a_box_threshold_round_trips_and_old_records_load_without() -> None:
     head = dataclasses.replace(_head("box", 2), box_threshold=0.98)
     assert load_heads(dump_heads({"box": head}))["box"].box_threshold == 0.98
     assert load_heads(dump_heads({"box": _head("box", 2)}))["box"].box_threshold is None
+
+
+def test_a_box_verifier_round_trips_exactly() -> None:
+    verifier = BoxVerifier(mean=np.array([0.5, -1.25, 2.0]), scale=np.array([1.0, 0.5, 4.0]),
+                           coef=np.array([0.75, -2.5, 0.125]), intercept=-0.3)
+    head = dataclasses.replace(_head("box", 2), box_threshold=0.4, box_verifier=verifier)
+    loaded = load_heads(dump_heads({"box": head}))["box"]
+    assert loaded.box_verifier is not None and loaded.box_threshold == 0.4
+    for field in ("mean", "scale", "coef"):
+        np.testing.assert_array_equal(getattr(loaded.box_verifier, field), getattr(verifier, field))
+    assert loaded.box_verifier.intercept == verifier.intercept
+    assert load_heads(dump_heads({"box": _head("box", 2)}))["box"].box_verifier is None
 
 
 def test_a_record_with_prompt_weights_still_loads() -> None:

@@ -53,36 +53,37 @@ def _scores(ap: float, fp: float, fn: float) -> scene_gate.SceneScores:
     return scene_gate.SceneScores(ap, fp, fn, 10)
 
 
-def test_choice_rejects_fewer_false_boxes_bought_with_lower_ap50_or_recall() -> None:
-    current = _scores(0.60, 2.0, 0.5)
+def test_choice_rejects_fewer_false_boxes_bought_with_lower_ap50_or_too_many_missed_boxes() -> None:
+    current = _scores(0.60, 2.0, 0.5)  # work: 2.0 + 2 × 0.5 = 3.0 deletions' worth per scene
     worse_ap = {(0, 0.99): _scores(0.55, 0.1, 1.0)}  # far fewer edits, but AP50 falls
     assert scene_gate.choose(worse_ap, current).candidate is None
-    lost_recall = {(0, 0.99): _scores(0.65, 0.1, 0.6)}  # AP50 up and fewer edits, but boxes now missed
+    lost_recall = {(0, 0.99): _scores(0.65, 1.5, 0.8)}  # 0.5 fewer false boxes for 0.3 more missed: 3.1 > 3.0
     assert scene_gate.choose(lost_recall, current).candidate is None
+    assert scene_gate.choose({(0, 0.99): _scores(0.65, 0.1, 0.6)}, current).candidate == 0  # 1.3: a good trade
     no_gain = {(0, 0.9): _scores(0.60, 2.0, 0.5)}  # nothing better
     assert scene_gate.choose(no_gain, current).candidate is None
     ranks_better = {(0, 0.9): _scores(0.65, 2.0, 0.5)}  # as many edits, a better ranking: not worth a change
     assert scene_gate.choose(ranks_better, current).candidate is None
 
 
-def test_choice_takes_the_fewest_edits_that_keep_ap50() -> None:
+def test_choice_takes_the_least_work_that_keeps_ap50() -> None:
     current = _scores(0.60, 2.0, 0.5)
     options = {(0, 0.9): _scores(0.62, 1.5, 0.5), (0, 0.98): _scores(0.61, 0.6, 0.5),
                (3, 0.99): _scores(0.59, 0.2, 0.5), (3, 0.98): _scores(0.61, 0.6, 0.5),
-               (4, 0.999): _scores(0.70, 0.0, 0.6)}  # (4, 0.999) misses boxes
+               (4, 0.999): _scores(0.70, 0.0, 0.9)}  # (4, 0.999) misses too many boxes: 1.8 > 1.6
     got = scene_gate.choose(options, current)
     assert (got.candidate, got.threshold) == (0, 0.98)  # a tie in edits and AP50 goes to the earlier candidate
     assert got.scores.ap50 >= current.ap50
 
 
-def _per_scene(ap: float, edits: list[int]) -> scene_gate.SceneScores:
-    e = np.array(edits)
-    return scene_gate.SceneScores(ap, float(e.mean()), 0.0, len(e), e)
+def _per_scene(ap: float, false_boxes: list[int]) -> scene_gate.SceneScores:
+    e = np.array(false_boxes)
+    return scene_gate.SceneScores(ap, float(e.mean()), 0.0, len(e), e, e)
 
 
-def test_choice_needs_fewer_edits_on_clearly_more_scenes() -> None:
+def test_choice_needs_fewer_false_boxes_on_clearly_more_scenes() -> None:
     current = _per_scene(0.6, [2, 2, 2, 2, 2, 2])
     lucky = {(0, 0.9): _per_scene(0.6, [0, 1, 2, 2, 2, 3])}  # better on 2 scenes, worse on 1
     assert scene_gate.choose(lucky, current).candidate is None
-    clear = {(0, 0.9): _per_scene(0.6, [1, 1, 1, 1, 1, 1])}  # better on all 6 (6 ≥ 2·√6)
+    clear = {(0, 0.9): _per_scene(0.6, [1, 1, 1, 1, 1, 1])}  # better on all 6 (6 ≥ √6)
     assert scene_gate.choose(clear, current).candidate == 0

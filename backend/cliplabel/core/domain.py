@@ -355,6 +355,23 @@ class HeadMemory:
 
 
 @dataclass(frozen=True)
+class BoxVerifier:
+    """A logistic model of which candidate boxes an annotator keeps (`cliplabel.vision.box_verifier`): features are
+    standardised by `mean` and `scale` (F,), then `sigmoid(x · coef + intercept)`."""
+
+    mean: np.ndarray = field(repr=False)
+    scale: np.ndarray = field(repr=False)
+    coef: np.ndarray = field(repr=False)
+    intercept: float
+
+    def __post_init__(self) -> None:
+        f = self.coef.shape
+        if len(f) != 1 or self.mean.shape != f or self.scale.shape != f or np.any(self.scale <= 0):
+            raise ValueError(f"box verifier of mean {self.mean.shape}, scale {self.scale.shape} and coef {f} does "
+                             "not fit together (scales must be positive)")
+
+
+@dataclass(frozen=True)
 class Head:
     """A control's learned classifier, served in place of its zero-shot class vectors while its labels match.
 
@@ -363,7 +380,8 @@ class Head:
     examples' prototypes against the text vectors (0 = zero-shot). `memory`: labelled examples that add to their
     class's score (None: the class vectors alone); `cliplabel.vision.classify.head_similarities` is the one scorer.
     `box_threshold`: for a box head, the margin threshold chosen on annotated scenes (None: the detector's default;
-    a `model_score_threshold` in the label config always wins).
+    a `model_score_threshold` in the label config always wins). `box_verifier`: for a box head, a model of which
+    candidate boxes annotators keep; its probability is then the box score, and `box_threshold` applies to it.
     """
 
     from_name: str
@@ -374,6 +392,7 @@ class Head:
     alpha: float = 0.0
     memory: HeadMemory | None = field(default=None, repr=False)
     box_threshold: float | None = None
+    box_verifier: BoxVerifier | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.class_vecs.shape[0] != len(self.labels):

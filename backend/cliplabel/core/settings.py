@@ -79,8 +79,9 @@ class Settings(BaseModel):
     fetch_workers: int = Field(default=8, ge=1, le=256)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
     # What runs the encoder's forward passes: `auto` is ONNX Runtime on the CPU, torch on CUDA. The default stays torch
-    # until ONNX Runtime's gain is clear here (bench/bench_runtime.py; bench/RESULTS.md).
-    runtime: Literal["auto", "torch", "onnx"] = "torch"
+    # until ONNX Runtime's gain is clear here (bench/bench_runtime.py; bench/RESULTS.md). `openvino` (CPU) is opt-in
+    # only: in bf16 on CPUs that have it, so its vectors are torch's to a cosine of 0.9999, not bit for bit.
+    runtime: Literal["auto", "torch", "onnx", "openvino"] = "torch"
     microbatch: bool = True
     decode: Literal["auto", "cpu", "device"] = "auto"
     microbatch_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)

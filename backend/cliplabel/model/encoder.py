@@ -1,4 +1,4 @@
-"""The CLIP encoder: the only module that imports torch, open_clip and onnxruntime.
+"""The CLIP encoder: the only module that imports torch, open_clip, onnxruntime and openvino.
 
 Loads any open_clip model once per process (a pretrained tag, `hf-hub:org/repo`, `local-dir:/path`, or a checkpoint
 file as `pretrained`) and encodes batches of prepared uint8 images and of texts into L2-normalised float32 vectors.
@@ -7,6 +7,8 @@ On the CPU the towers can run in ONNX Runtime instead of torch (`runtime="onnx"`
 towers are exported once per encoder id into a cache directory, checked on every load (file digests, export format,
 and a probe batch that must match torch's embeddings), and rebuilt when the check fails. Prompts run on tokens cut
 after the batch's longest prompt (`trim_tokens`), in torch: the ONNX text tower takes the full context length.
+`runtime="openvino"` compiles the same export with OpenVINO, in bf16 where the CPU has it (AVX-512 BF16 or AMX), and
+is used under the same checks.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
 import open_clip
+import openvino as ov
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
@@ -37,11 +40,12 @@ logger = logging.getLogger(__name__)
 _TEXT_BATCH = 256
 # CLIP's `logit_scale` is clamped to ln(100) in training: the temperature of models that do not learn one.
 _DEFAULT_LOGIT_SCALE = 100.0
-Runtime = Literal["auto", "torch", "onnx"]
+Runtime = Literal["auto", "torch", "onnx", "openvino"]
 # Bump when the exported graphs change: exports of an older format are then stale and rebuilt.
 _EXPORT_FORMAT = 1
 _OPSET = 17
-# An export whose probe embeddings are further than this from torch's (cosine) is never used.
+# An export whose probe embeddings are further than this from torch's (cosine) is never used: in OpenVINO's bf16 too,
+# which measured 0.99992 on ViT-B-32 (bench/bench_runtime.py).
 _PROBE_MIN_COSINE = 0.9999
 # What ONNX Runtime raises for a file it cannot load or run (each derives from Exception alone).
 _ORT_ERRORS: tuple[type[Exception], ...] = tuple(
@@ -164,8 +168,15 @@ class ClipEncoder:
 
     @property
     def runtime(self) -> str:
-        """`onnx` or `torch`: what runs the image tower (texts run in torch where it trims their padding)."""
-        return "onnx" if self._towers is not None else "torch"
+        """`onnx`, `openvino` or `torch`: what runs the image tower (texts run in torch where it trims their padding)."""
+        return self._towers.runtime if self._towers is not None else "torch"
+
+    @property
+    def precision(self) -> str:
+        """The image tower's arithmetic: `fp32`, `fp16` (torch on CUDA) or `bf16` (OpenVINO on CPUs that have it)."""
+        if self._towers is not None:
+            return self._towers.precision
+        return "fp16" if self._dtype == torch.float16 else "fp32"
 
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
@@ -240,19 +251,30 @@ class ClipEncoder:
 
 
 class OnnxTowers:
-    """A CLIP's image and text towers as ONNX Runtime sessions on the CPU (input preprocessing inside the graph)."""
+    """A CLIP's towers from its ONNX export, run on the CPU by ONNX Runtime or OpenVINO (input preprocessing inside
+    the graph). Each tower is a call from its one input array to its output array."""
 
-    def __init__(self, image: ort.InferenceSession, text: ort.InferenceSession) -> None:
+    def __init__(self, image: Callable[[np.ndarray], Any], text: Callable[[np.ndarray], Any] | None,
+                 runtime: str = "onnx", precision: str = "fp32") -> None:
+        # `text` is None where prompts never reach it: the encoder runs them in torch on trimmed tokens.
         self._image = image
         self._text = text
+        self.runtime = runtime
+        self.precision = precision
+
+    @property
+    def has_text(self) -> bool:
+        return self._text is not None
 
     def images(self, images_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
-        return np.asarray(self._image.run(None, {"images_u8": images_u8})[0], dtype=np.float32)
+        return np.asarray(self._image(images_u8), dtype=np.float32)
 
     def texts(self, tokens: np.ndarray) -> np.ndarray:
         """(N, L) int64 token ids → (N, D) float32, L2-normalised."""
-        return np.asarray(self._text.run(None, {"tokens": tokens})[0], dtype=np.float32)
+        if self._text is None:
+            raise RuntimeError(f"the {self.runtime} towers were built without the text tower")
+        return np.asarray(self._text(tokens), dtype=np.float32)
 
 
 class _ImageGraph(torch.nn.Module):
@@ -344,34 +366,62 @@ def _sessions(cache_dir: Path, encoder_id: str, threads: int) -> OnnxTowers:
     # No busy-waiting between ops: the backend shares its CPUs with Label Studio and its own fetch threads.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     image_path, text_path, _ = export_paths(cache_dir, encoder_id)
-    providers = ["CPUExecutionProvider"]
-    return OnnxTowers(ort.InferenceSession(str(image_path), options, providers=providers),
-                      ort.InferenceSession(str(text_path), options, providers=providers))
+    image, text = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                   for p in (image_path, text_path))
+    return OnnxTowers(lambda x: image.run(None, {"images_u8": x})[0], lambda t: text.run(None, {"tokens": t})[0])
+
+
+def _openvino_precision(core: ov.Core) -> Literal["bf16", "f32"]:
+    """bf16 where the CPU computes it natively (AVX-512 BF16 or AMX; twice torch's fp32 images/s on ViT-B-32 in
+    bench/bench_runtime.py, where OpenVINO's f32 gains 1.1×), else f32."""
+    return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+def _compiled(cache_dir: Path, encoder_id: str, threads: int, with_text: bool) -> OnnxTowers:
+    """The export compiled by OpenVINO for the CPU, at `_openvino_precision`."""
+    core = ov.Core()
+    precision = _openvino_precision(core)
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    image_path, text_path, _ = export_paths(cache_dir, encoder_id)
+    image = core.compile_model(str(image_path), "CPU", config)
+    # The text tower stays f32: in bf16 it gave cosine 0.9998 to torch on the tiny test model (bench/bench_runtime.py
+    # --extras openvino-bf16), under the probe's bar, and prompts are encoded once per label set.
+    text = core.compile_model(str(text_path), "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}) if with_text else None
+    return OnnxTowers(lambda x: image(x)[0], None if text is None else lambda t: text(t)[0], "openvino",
+                      "bf16" if precision == "bf16" else "fp32")
 
 
 def _probe_cosine(towers: OnnxTowers, model: Any, tokenizer: Any, image_size: int,
                   mean: tuple[float, ...], std: tuple[float, ...]) -> float:
-    """The lowest cosine between the towers' and torch's embeddings of a fixed probe batch (images and texts)."""
+    """The lowest cosine between the towers' and torch's embeddings of a fixed probe batch (images, and texts where
+    the towers have a text tower)."""
     images = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3), dtype=np.uint8)
     tokens = tokenizer(["a photo of a cat.", "a drawing of a red square."])
     with torch.inference_mode():
-        want_img = _ImageGraph(model, mean, std).eval()(torch.from_numpy(images)).float().numpy()
-        want_txt = model.encode_text(tokens, normalize=True).float().numpy()
-    got = np.concatenate([towers.images(images), towers.texts(tokens.numpy())])
-    want = np.concatenate([want_img, want_txt])
-    return float(np.min(np.sum(got * want, axis=1)))
+        pairs = [(towers.images(images), _ImageGraph(model, mean, std).eval()(torch.from_numpy(images)))]
+        if towers.has_text:
+            pairs.append((towers.texts(tokens.numpy()), model.encode_text(tokens, normalize=True)))
+    return min(float(np.min(np.sum(got * want.float().numpy(), axis=1))) for got, want in pairs)
 
 
 def onnx_towers(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_size: int,
-                mean: tuple[float, ...], std: tuple[float, ...], threads: int) -> OnnxTowers:
-    """The model's towers in ONNX Runtime, exported into `cache_dir` unless a valid export is there already.
+                mean: tuple[float, ...], std: tuple[float, ...], threads: int,
+                runtime: Literal["onnx", "openvino"] = "onnx") -> OnnxTowers:
+    """The model's towers in ONNX Runtime or OpenVINO, exported into `cache_dir` unless a valid export is there already.
 
     An export is used only if its files match its manifest (encoder id, export format, torch and open_clip versions,
-    SHA-256 of each file) and its probe embeddings match torch's (cosine ≥ 0.9999); otherwise it is rebuilt once.
+    SHA-256 of each file) and its probe embeddings in `runtime` match torch's (cosine ≥ 0.9999); otherwise it is
+    rebuilt once. OpenVINO compiles the text tower (in f32) only for models whose prompts do not run in torch
+    (`_trims_text`).
 
     Raises:
         SettingsError: the model cannot be exported, or a fresh export still disagrees with torch.
     """
+    def load() -> OnnxTowers:
+        if runtime == "openvino":
+            return _compiled(cache_dir, encoder_id, threads, with_text=not _trims_text(model))
+        return _sessions(cache_dir, encoder_id, threads)
+
     for attempt in range(2):
         if attempt or not _valid_export(cache_dir, encoder_id):
             try:
@@ -379,15 +429,17 @@ def onnx_towers(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, im
             except (RuntimeError, ValueError, TypeError, OSError) as exc:
                 raise SettingsError(f"could not export the model to ONNX ({exc}); set CLIPLABEL_RUNTIME=torch") from exc
         try:
-            towers = _sessions(cache_dir, encoder_id, threads)
+            towers = load()
             cosine = _probe_cosine(towers, model, tokenizer, image_size, mean, std)
         except (RuntimeError, ValueError, *_ORT_ERRORS) as exc:  # type: ignore[misc]
-            logger.warning("onnx export of encoder_id=%s does not load (%s); rebuilding it", encoder_id, exc)
+            logger.warning("onnx export of encoder_id=%s does not load in %s (%s); rebuilding it", encoder_id, runtime,
+                           exc)
             cosine = -1.0
         if cosine >= _PROBE_MIN_COSINE:
             return towers
-        logger.warning("onnx export of encoder_id=%s gives cosine %.6f to torch; rebuilding it", encoder_id, cosine)
-    raise SettingsError(f"the ONNX export of this model disagrees with torch (cosine {cosine:.6f} < "
+        logger.warning("onnx export of encoder_id=%s gives cosine %.6f to torch in %s; rebuilding it", encoder_id,
+                       cosine, runtime)
+    raise SettingsError(f"the ONNX export of this model disagrees with torch in {runtime} (cosine {cosine:.6f} < "
                         f"{_PROBE_MIN_COSINE}); set CLIPLABEL_RUNTIME=torch")
 
 
@@ -399,16 +451,17 @@ def _resize_mode(model_name: str, value: object) -> ResizeMode:
                         f"{', '.join(get_args(ResizeMode))}")
 
 
-def resolve_runtime(runtime: Runtime, device: str) -> Literal["torch", "onnx"]:
-    """`auto` → `onnx` on the CPU (measured faster in bench/bench_runtime.py), `torch` on CUDA.
+def resolve_runtime(runtime: Runtime, device: str) -> Literal["torch", "onnx", "openvino"]:
+    """`auto` → `onnx` on the CPU (measured faster in bench/bench_runtime.py), `torch` on CUDA. `openvino` is never
+    chosen for you: in bf16 it is not torch's fp32.
 
     Raises:
-        SettingsError: `onnx` was asked for on a CUDA device (it runs on the CPU only here).
+        SettingsError: `onnx` or `openvino` was asked for on a CUDA device (they run on the CPU only here).
     """
     if runtime == "auto":
         return "onnx" if device == "cpu" else "torch"
-    if runtime == "onnx" and device != "cpu":
-        raise SettingsError(f"CLIPLABEL_RUNTIME=onnx runs on the CPU; the model is on {device} (use torch there)")
+    if runtime != "torch" and device != "cpu":
+        raise SettingsError(f"CLIPLABEL_RUNTIME={runtime} runs on the CPU; the model is on {device} (use torch there)")
     return runtime
 
 
@@ -418,9 +471,9 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
     """Loads an open_clip model for inference (fp16 on CUDA, fp32 channels-last on CPU).
 
     Args:
-        runtime: what runs the forward passes (see `resolve_runtime`); `onnx` needs `cache_dir`, where the towers
-            are exported once per encoder id.
-        cache_dir: directory of the ONNX exports.
+        runtime: what runs the forward passes (see `resolve_runtime`); `onnx` and `openvino` need `cache_dir`,
+            where the towers are exported once per encoder id.
+        cache_dir: directory of the ONNX exports (shared by both runtimes).
 
     Raises:
         SettingsError: the model or its weights cannot be found or loaded, or cannot run in the runtime asked for;
@@ -431,8 +484,8 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
         torch.set_num_threads(torch_threads)
     dev = resolve_device(device)
     chosen = resolve_runtime(runtime, dev)
-    if chosen == "onnx" and cache_dir is None:
-        raise SettingsError("the onnx runtime needs a cache directory for its exports")
+    if chosen != "torch" and cache_dir is None:
+        raise SettingsError(f"the {chosen} runtime needs a cache directory for its exports")
     schema_name = model_name.startswith(("local-dir:", "hf-hub:"))
     half = dev == "cuda"
     try:
@@ -456,11 +509,11 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
     encoder_id = hashlib.sha256(f"{identity}|{preprocess_identity}".encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", slug)[:48]
     towers = None
-    if chosen == "onnx" and cache_dir is not None:
+    if chosen != "torch" and cache_dir is not None:
         towers = onnx_towers(model, tokenizer, cache_dir, encoder_id, image_size, mean, std,
-                             torch_threads or torch.get_num_threads())
+                             torch_threads or torch.get_num_threads(), chosen)
     enc = ClipEncoder(model, tokenizer, dev, encoder_id, slug, image_size, mean, std, resize_mode,
                       torch.float16 if half else torch.float32, towers)
-    logger.info("loaded model=%s device=%s runtime=%s encoder_id=%s image_size=%d in %.2fs", model_name, dev, chosen,
-                encoder_id, image_size, time.perf_counter() - started)
+    logger.info("loaded model=%s device=%s runtime=%s precision=%s encoder_id=%s image_size=%d in %.2fs", model_name,
+                dev, chosen, enc.precision, encoder_id, image_size, time.perf_counter() - started)
     return enc

@@ -23,7 +23,7 @@ from cliplabel.core.domain import Control, Head, PromptEnsemble, RegionPredictio
 from cliplabel.model.embeddings import EmbeddingService, content_hash
 from cliplabel.services.class_vectors import ClassVectors
 from cliplabel.store import Store
-from cliplabel.vision import boxes, classify, images, proposals, regions
+from cliplabel.vision import box_verifier, boxes, classify, images, proposals, regions
 
 DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = (
     "an empty background.", "a photo of an empty background.", "a plain texture.", "nothing.", "background",
@@ -147,8 +147,8 @@ class BoxDetector:
             emb = np.stack(flat[start:start + len(p)]) if len(p) else np.zeros((0, bg_vecs.shape[1]), np.float32)
             start += len(p)
             labels, margin = boxes.margin_from_similarities(classify.similarities(emb, served, bg_vecs), k, scale)
-            # only confident boxes need the context test (and its crop)
-            cand = np.flatnonzero(margin >= thr)
+            # only confident boxes need the context test (and its crop); a verifier reads it for all its candidates
+            cand = np.flatnonzero(margin >= thr) if served.box_verifier is None else box_verifier.candidates(margin)
             per_image.append((p, labels, margin, cand))
             if context_bg is not None:
                 context_jobs.extend((it.content_hash, self._context_key(p[i]), self._context_maker(it, p[i]))
@@ -163,7 +163,7 @@ class BoxDetector:
                     ctx_emb = np.stack([next(context) for _ in cand])
                     ctx[cand] = boxes.context_from_similarities(
                         classify.similarities(ctx_emb, served, context_bg), labels[cand], k, scale)
-            dets = boxes.detect(p, labels, margin, ctx, thr, cfg.boxes)
+            dets = box_verifier.detect(p, labels, margin, ctx, thr, cfg.boxes, served.box_verifier)
             out.append([RegionPrediction(control.from_name, control.to_name, control.values[d.label_index], d.score,
                                          d.bbox_xyxy, it.wh) for d in dets])
         return out

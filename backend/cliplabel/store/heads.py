@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cliplabel.core.domain import Head, HeadMemory, ModelVersion
+from cliplabel.core.domain import BoxVerifier, Head, HeadMemory, ModelVersion
 from cliplabel.store import records
 from cliplabel.store.base import Store
 
@@ -29,6 +29,10 @@ def _dump_head(h: Head) -> str:
                           "labels": [int(v) for v in h.memory.labels]}
         arrays.update({"memory_keys": h.memory.keys, "memory_weights": h.memory.weights[:, None],
                        "memory_gap": h.memory.gap[None, :]})
+    if h.box_verifier is not None:
+        meta["box_verifier"] = {"intercept": h.box_verifier.intercept}
+        v = h.box_verifier
+        arrays["box_verifier"] = np.stack([v.mean, v.scale, v.coef])
     return records.dump_arrays(meta, arrays)
 
 
@@ -39,7 +43,7 @@ def dump_heads(heads: Mapping[str, Head]) -> str:
 
 def load_heads(raw: str | bytes) -> dict[str, Head]:
     """The inverse of `dump_heads`. Records written before `prompt_weights` was dropped still load (it is ignored),
-    and so do records from before heads had a memory or a box threshold (they load without)."""
+    and so do records from before heads had a memory, a box threshold or a box verifier (they load without)."""
     out = {}
     for name, blob in json.loads(raw).items():
         meta, arrays = records.load_arrays(blob)
@@ -53,10 +57,15 @@ def load_heads(raw: str | bytes) -> dict[str, Head]:
             memory = HeadMemory(keys=arrays["memory_keys"], labels=np.array(m["labels"], np.int64),
                                 weights=arrays["memory_weights"][:, 0], gap=arrays["memory_gap"][0],
                                 beta=float(m["beta"]), ratio=float(m["ratio"]))
+        verifier = None
+        if "box_verifier" in meta:
+            mean, scale, coef = arrays["box_verifier"].astype(np.float64)
+            verifier = BoxVerifier(mean=mean, scale=scale, coef=coef, intercept=float(meta["box_verifier"]["intercept"]))
         out[name] = Head(from_name=name, labels=tuple(meta["labels"]), class_vecs=arrays["class_vecs"],
                          background_vecs=bg, logit_scale=float(meta["logit_scale"]), alpha=float(meta["alpha"]),
                          memory=memory,
-                         box_threshold=float(meta["box_threshold"]) if "box_threshold" in meta else None)
+                         box_threshold=float(meta["box_threshold"]) if "box_threshold" in meta else None,
+                         box_verifier=verifier)
     return out
 
 

@@ -1,11 +1,14 @@
 """The whole-scene acceptance of a box head: a retrain's candidate heads run through the detector on the annotated
 scenes, held out by annotation (k-fold), and one replaces the current head only if its AP50 there is at least the
-current head's and it leaves the annotator fewer edits (`cliplabel.vision.scene_gate` holds the pure logic).
+current head's and it leaves the annotator less work (`cliplabel.vision.scene_gate` holds the pure logic).
 
 Learning from boxes: kept boxes (confirmed, corrected, drawn) are class evidence, proposed boxes the annotator did not
-keep are background evidence (`train.fit`). What of that helps whole scenes differs between models and projects, so
-the candidates (`CANDIDATES`) are the text vectors with the learned background (raw or softened), and the zero-shot
-(or current) head, each at every margin threshold of `scene_gate.THRESHOLDS` up to the current one. The fitted
+keep are background evidence (`train.fit`), and every candidate box of an annotated scene, kept or not, teaches a box
+verifier (`cliplabel.vision.box_verifier`: which boxes annotators keep, from the box's scores and how it sits among
+the other candidates). What of that helps whole scenes differs between models and projects, so the candidates
+(`CANDIDATES`) are the text vectors with the learned background (raw or softened), the zero-shot (or current) head,
+each at every margin threshold of `scene_gate.THRESHOLDS` up to the current one, and the zero-shot head with a
+verifier (fitted on the other folds' scenes) at each of `box_verifier.THRESHOLDS`. The fitted
 class vectors are not candidates for boxes: on the plain test model, heads the cross-validated gate accepted with
 them lost held-out recall (AP50 0.90 -> 0.68 in tests/services/test_box_learning.py), a gap between the fold fits
 and the full fit not yet explained; a box class therefore keeps its text vector and learns background only.
@@ -18,13 +21,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cliplabel.core.domain import Control, FeedbackExample, Head
+from cliplabel.core.domain import BoxVerifier, Control, FeedbackExample, Head
 from cliplabel.services.detect import BoxDetector
-from cliplabel.vision import scene_gate, train
+from cliplabel.vision import box_verifier, scene_gate, train
 
 FOLDS = 5
 MIN_SCENES = 2
-CANDIDATES = ("text, background", "text, soft background", "zero-shot", "current")
+CANDIDATES = ("text, background", "text, soft background", "zero-shot", "current", "zero-shot, verifier")
 
 Fit = Callable[[Sequence[FeedbackExample]], train.TrainResult]
 
@@ -53,6 +56,7 @@ def annotated_scenes(detector: BoxDetector, control: Control, examples: Sequence
 
 def _same(a: Head, b: Head) -> bool:
     return (a.memory is None and b.memory is None and a.box_threshold == b.box_threshold
+            and a.box_verifier is None and b.box_verifier is None
             and np.array_equal(a.class_vecs, b.class_vecs) and np.array_equal(a.background_vecs, b.background_vecs))
 
 
@@ -64,16 +68,18 @@ def _soft(background_vecs: np.ndarray, fixed_bg: np.ndarray, share: float) -> np
     return ((1.0 - share) * fixed_bg.mean(axis=0) + share * background_vecs).astype(np.float32)
 
 
-def _candidates(fitted: Head | None, zero_shot: Head, current: Head, fixed_bg: np.ndarray) -> list[Head | None]:
+def _candidates(fitted: Head | None, zero_shot: Head, current: Head, fixed_bg: np.ndarray,
+                verifier: BoxVerifier | None) -> list[Head | None]:
     """The heads a retrain may choose among, always at the same positions (None: not available): the text vectors
-    with the fitted head's learned background raw or softened; zero-shot; the current head. On ties the earlier one
-    wins."""
+    with the fitted head's learned background raw or softened; zero-shot; the current head; zero-shot with a box
+    verifier fitted on the annotated scenes. On ties the earlier one wins."""
     learned: list[Head | None] = [None] * 2
     if fitted is not None:
         bg = fitted.background_vecs
         learned = [dataclasses.replace(zero_shot, background_vecs=bg),
                    dataclasses.replace(zero_shot, background_vecs=_soft(bg, fixed_bg, 0.5) if len(bg) else bg)]
-    heads = [*learned, zero_shot, None if _same(current, zero_shot) else current]
+    verified = None if verifier is None else dataclasses.replace(zero_shot, box_verifier=verifier)
+    heads = [*learned, zero_shot, None if _same(current, zero_shot) else current, verified]
     return [None if h is None else dataclasses.replace(h, box_threshold=None) for h in heads]
 
 
@@ -90,12 +96,21 @@ def judge(detector: BoxDetector, control: Control, examples: Sequence[FeedbackEx
     params = detector.config.boxes
     context_bg = detector.context_background(control)
     current_thr = detector.threshold(control, current)
-    thresholds = (control.score_threshold,) if control.score_threshold is not None else \
-        tuple(t for t in scene_gate.THRESHOLDS if t <= current_thr + 1e-9) or (current_thr,)
+    # Margin thresholds never above the current head's (a verifier's threshold is a probability of another kind).
+    margin_cap = current_thr if current.box_verifier is None else params.default_margin_threshold
+    margin_thresholds = tuple(t for t in scene_gate.THRESHOLDS if t <= margin_cap + 1e-9) or (margin_cap,)
     fixed_bg = detector.background_vectors(control)
+
+    def thresholds(head: Head) -> tuple[float, ...]:
+        if control.score_threshold is not None:
+            return (control.score_threshold,)
+        return box_verifier.THRESHOLDS if head.box_verifier is not None else margin_thresholds
 
     def bg(head: Head) -> np.ndarray:
         return np.concatenate([fixed_bg, head.background_vecs]) if len(head.background_vecs) else fixed_bg
+
+    def verifier(train_scenes: Sequence[scene_gate.Scene]) -> BoxVerifier | None:
+        return box_verifier.fit(*scene_gate.verifier_data(train_scenes, zero_shot, bg(zero_shot), context_bg))
 
     fold_list = scene_gate.folds([s.group for s in scenes], FOLDS)
     order = np.concatenate(fold_list)
@@ -108,11 +123,13 @@ def judge(detector: BoxDetector, control: Control, examples: Sequence[FeedbackEx
         result = fit([e for e in examples if e.annotation_id not in held_groups])
         fitted = result.head if result.accepted else None
         held_scenes = [scenes[i] for i in held]
-        for c, head in enumerate(_candidates(fitted, zero_shot, current, fixed_bg)):
+        held_set = set(held.tolist())
+        fold_verifier = verifier([s for i, s in enumerate(scenes) if i not in held_set])
+        for c, head in enumerate(_candidates(fitted, zero_shot, current, fixed_bg, fold_verifier)):
             if head is None:
                 continue
-            for thr, dets in zip(thresholds, scene_gate.detect_scenes(held_scenes, head, bg(head), thresholds,
-                                                                       params, context_bg)):
+            for thr, dets in zip(thresholds(head), scene_gate.detect_scenes(held_scenes, head, bg(head),
+                                                                             thresholds(head), params, context_bg)):
                 pooled.setdefault((c, thr), []).extend(dets)
     options = {key: scene_gate.score(dets, ordered) for key, dets in pooled.items() if len(dets) == len(ordered)}
     choice = scene_gate.choose(options, current_scores)
@@ -122,7 +139,9 @@ def judge(detector: BoxDetector, control: Control, examples: Sequence[FeedbackEx
                     "current_scene_fn": current_scores.fn_per_scene})
     if choice.candidate is None:
         return train.TrainResult(current, False, metrics, choice.reason)
-    picked = _candidates(full.head if full.accepted else None, zero_shot, current, fixed_bg)[choice.candidate]
+    full_verifier = verifier(scenes) if CANDIDATES[choice.candidate] == "zero-shot, verifier" else None
+    picked = _candidates(full.head if full.accepted else None, zero_shot, current, fixed_bg,
+                         full_verifier)[choice.candidate]
     if picked is None:
         return train.TrainResult(current, False, metrics, f"{full.reason} on all examples")
     metrics.update({"box_candidate": float(choice.candidate), "box_threshold": float(choice.threshold)})

@@ -76,7 +76,8 @@ class AnnotationConfirmer:
             task = client.task(pid, stored.task_id) if stored.task_id is not None else None
             # Made from a prediction: auto-accept's (and unchanged) teaches nothing, so look at the parent.
             parents = (client.task_predictions(stored.task_id)
-                       if task is not None and stored.parent_prediction is not None else [])
+                       if stored.task_id is not None and task is not None and stored.parent_prediction is not None
+                       else [])
         except InvalidRequestError as exc:
             raise self._refuse(event, exc.detail) from exc
         except LabelStudioAuthError as exc:

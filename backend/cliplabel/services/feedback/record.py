@@ -23,7 +23,7 @@ import socket
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,7 +300,7 @@ class FeedbackService:
         return recorded
 
     @staticmethod
-    def _auto_accepted(client: LabelStudioClient, pid: str, events: list[AnnotationEvent | CliplabelError]
+    def _auto_accepted(client: LabelStudioClient, pid: str, events: Sequence[AnnotationEvent | CliplabelError]
                        ) -> set[int]:
         """The exported annotations auto-accept made and nobody changed since (see `cliplabel.services.accepted`);
         the project's predictions are fetched only when some annotation was made from a prediction."""
