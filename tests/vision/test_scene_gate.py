@@ -78,7 +78,7 @@ def test_choice_takes_the_least_work_that_keeps_ap50() -> None:
 
 def _per_scene(ap: float, false_boxes: list[int]) -> scene_gate.SceneScores:
     e = np.array(false_boxes)
-    return scene_gate.SceneScores(ap, float(e.mean()), 0.0, len(e), e, e)
+    return scene_gate.SceneScores(ap, float(e.mean()), 0.0, len(e), e, np.zeros_like(e))
 
 
 def test_choice_needs_fewer_false_boxes_on_clearly_more_scenes() -> None:

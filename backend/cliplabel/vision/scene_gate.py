@@ -68,15 +68,14 @@ class Scene:
 @dataclass(frozen=True)
 class SceneScores:
     """Detection quality over scenes: AP50, and per scene the false boxes (to delete) and missed ones (to draw).
-    `edits`, `false_boxes`: (S,) each scene's false plus missed boxes, and its false boxes alone, in the order the
-    scenes were scored (empty: not kept)."""
+    `false_boxes`, `missed_boxes`: (S,) each scene's counts, in the order the scenes were scored (empty: not kept)."""
 
     ap50: float
     fp_per_scene: float
     fn_per_scene: float
     scenes: int
-    edits: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
     false_boxes: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
+    missed_boxes: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False, compare=False)
 
     @property
     def edits_per_scene(self) -> float:
@@ -90,7 +89,7 @@ class SceneScores:
     @property
     def costs(self) -> np.ndarray:
         """(S,) `cost_per_scene` of each scene (empty when per-scene counts were not kept)."""
-        return self.false_boxes + DRAW_COST * (self.edits - self.false_boxes)
+        return self.false_boxes + DRAW_COST * self.missed_boxes
 
 
 def _scored(scene: Scene, head: Head, background_vecs: np.ndarray, context_background: np.ndarray | None
@@ -121,7 +120,7 @@ def detect_scenes(scenes: Sequence[Scene], head: Head, background_vecs: np.ndarr
 def verifier_data(scenes: Sequence[Scene], head: Head, background_vecs: np.ndarray,
                   context_background: np.ndarray | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per scene, the features of the candidates `head` proposes and whether each matches a kept box: what
-    `box_verifier.fit` learns from."""
+    `box_verifier.fit` learns from (fit on a subset of scenes by indexing both lists)."""
     xs, ys = [], []
     for s in scenes:
         lab, mar, ctx = _scored(s, head, background_vecs, context_background)
@@ -158,11 +157,10 @@ def score(detections: Sequence[Sequence[boxes.Detection]], scenes: Sequence[Scen
     n = max(len(scenes), 1)
     found = int(tps[-1]) if len(tps) else 0
     hits = np.array([int(u.sum()) for u in used])
-    false_boxes = np.array([len(d) for d in detections]) - hits
-    edits = false_boxes + np.array([len(s.truth_labels) for s in scenes]) - hits
     return SceneScores(ap50=ap if n_gt else 0.0, fp_per_scene=float(len(flat) - found) / n,
-                       fn_per_scene=float(n_gt - found) / n, scenes=len(scenes), edits=edits,
-                       false_boxes=false_boxes)
+                       fn_per_scene=float(n_gt - found) / n, scenes=len(scenes),
+                       false_boxes=np.array([len(d) for d in detections]) - hits,
+                       missed_boxes=np.array([len(s.truth_labels) for s in scenes]) - hits)
 
 
 def folds(groups: Sequence[int], k: int) -> list[np.ndarray]:

@@ -109,8 +109,11 @@ def judge(detector: BoxDetector, control: Control, examples: Sequence[FeedbackEx
     def bg(head: Head) -> np.ndarray:
         return np.concatenate([fixed_bg, head.background_vecs]) if len(head.background_vecs) else fixed_bg
 
-    def verifier(train_scenes: Sequence[scene_gate.Scene]) -> BoxVerifier | None:
-        return box_verifier.fit(*scene_gate.verifier_data(train_scenes, zero_shot, bg(zero_shot), context_bg))
+    # The verifier's training data depends only on zero-shot scores, so it is computed once; folds index into it.
+    verifier_x, verifier_y = scene_gate.verifier_data(scenes, zero_shot, bg(zero_shot), context_bg)
+
+    def verifier(train: Sequence[int]) -> BoxVerifier | None:
+        return box_verifier.fit([verifier_x[i] for i in train], [verifier_y[i] for i in train])
 
     fold_list = scene_gate.folds([s.group for s in scenes], FOLDS)
     order = np.concatenate(fold_list)
@@ -124,12 +127,12 @@ def judge(detector: BoxDetector, control: Control, examples: Sequence[FeedbackEx
         fitted = result.head if result.accepted else None
         held_scenes = [scenes[i] for i in held]
         held_set = set(held.tolist())
-        fold_verifier = verifier([s for i, s in enumerate(scenes) if i not in held_set])
+        fold_verifier = verifier([i for i in range(len(scenes)) if i not in held_set])
         for c, head in enumerate(_candidates(fitted, zero_shot, current, fixed_bg, fold_verifier)):
             if head is None:
                 continue
-            for thr, dets in zip(thresholds(head), scene_gate.detect_scenes(held_scenes, head, bg(head),
-                                                                             thresholds(head), params, context_bg)):
+            thrs = thresholds(head)
+            for thr, dets in zip(thrs, scene_gate.detect_scenes(held_scenes, head, bg(head), thrs, params, context_bg)):
                 pooled.setdefault((c, thr), []).extend(dets)
     options = {key: scene_gate.score(dets, ordered) for key, dets in pooled.items() if len(dets) == len(ordered)}
     choice = scene_gate.choose(options, current_scores)
@@ -139,7 +142,7 @@ def judge(detector: BoxDetector, control: Control, examples: Sequence[FeedbackEx
                     "current_scene_fn": current_scores.fn_per_scene})
     if choice.candidate is None:
         return train.TrainResult(current, False, metrics, choice.reason)
-    full_verifier = verifier(scenes) if CANDIDATES[choice.candidate] == "zero-shot, verifier" else None
+    full_verifier = verifier(range(len(scenes))) if CANDIDATES[choice.candidate] == "zero-shot, verifier" else None
     picked = _candidates(full.head if full.accepted else None, zero_shot, current, fixed_bg,
                          full_verifier)[choice.candidate]
     if picked is None:
