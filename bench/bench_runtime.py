@@ -15,7 +15,8 @@ Rows:
 - torch fp32: what `CLIPLABEL_RUNTIME=torch` runs (channels-last, `--threads` intra-op threads);
 - onnx fp32: what `CLIPLABEL_RUNTIME=onnx` runs (the product's export, cache and session options);
 - openvino: what `CLIPLABEL_RUNTIME=openvino` runs: the same cached export compiled by OpenVINO, bf16 on CPUs with
-  AVX-512 BF16 or AMX, else f32 (the row names which), prompts in torch on trimmed tokens as with onnx;
+  AVX-512 BF16 or AMX, else f32 (the row names which); prompts on trimmed tokens in OpenVINO's own conversion of
+  the text tower, bf16 where its probe agrees with torch, else f32, else torch (the row names which);
 - `--extras int8`: the same export through ONNX Runtime's dynamic int8 quantisation (weights int8, activations
   quantised per call). With random weights its cosine says nothing about accuracy; it is a speed row only;
 - `--extras spin`: the product's fp32 export with ONNX Runtime's default of idle threads spinning between ops (the
@@ -144,7 +145,9 @@ def measure(name: str, args: argparse.Namespace, cache: Path) -> tuple[list[Runt
     runtimes = [Runtime("torch fp32", torch_enc.encode_images, texts_of(torch_enc), 0.0),
                 Runtime("onnx fp32", onnx_enc.encode_images, texts_of(onnx_enc), export_s)]
     if openvino_enc is not None:  # its precision, bf16 or fp32, is what this CPU runs
-        runtimes.append(Runtime(f"openvino {openvino_enc.precision} (product)", openvino_enc.encode_images,
+        label = (f"openvino {openvino_enc.precision}, prompts {openvino_enc.text_runtime} "
+                 f"{openvino_enc.text_precision} (product)")
+        runtimes.append(Runtime(label, openvino_enc.encode_images,
                                 texts_of(openvino_enc), compile_s))
     extras = [e for e in args.extras.split(",") if e]
     with tempfile.TemporaryDirectory() as tmp:

@@ -112,8 +112,10 @@ class ImageServer:
         (root / "data" / "upload" / "1").mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        # HTTP/1.1: connections are kept alive between images, as Label Studio's server keeps them (Python's
+        # default, HTTP/1.0, opens a connection and a server thread per image).
         self.process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                         "--directory", str(root)], stdout=subprocess.DEVNULL,
+                                         "--directory", str(root), "--protocol", "HTTP/1.1"], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -458,7 +460,7 @@ def run_model(name: str, runtime: str, args: argparse.Namespace) -> dict[str, An
     encoder = load_encoder(model, None, args.device, runtime=runtime,  # type: ignore[arg-type]
                            cache_dir=Path(tempfile.gettempdir()) / "cliplabel-bench-onnx")
     big = name != "tiny" and args.device == "cpu"
-    n = min(args.images, 96) if big else args.images
+    n = args.cpu_images if big else args.images
     width, height = (int(v) for v in args.size.split("x"))
     row: dict[str, Any] = {"name": name, "runtime": encoder.runtime, "model": f"{name} {encoder.runtime}",
                            "device": encoder.device, "input_px": encoder.image_size, "dim": encoder.embed_dim,
@@ -525,8 +527,10 @@ def main() -> int:
     parser.add_argument("--runtimes", default="torch", help="comma-separated CLIPLABEL_RUNTIME values: torch, onnx, openvino "
                                                             "(CPU only), auto")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--images", type=int, default=256, help="classification images per repeat (96 for big "
-                                                                "models on CPU)")
+    parser.add_argument("--images", type=int, default=256, help="classification images per repeat (tiny model, or "
+                                                                "any model on CUDA)")
+    parser.add_argument("--cpu-images", type=int, default=96, help="classification images per repeat for real-size "
+                                                                   "models on CPU")
     parser.add_argument("--scenes", type=int, default=32, help="box scenes per repeat (4 for big models on CPU)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)

@@ -72,11 +72,80 @@ def test_openvino_embeddings_match_torch(any_model_dir: Path, any_encoder: ClipE
     assert enc.encode_images(one[:0]).shape == (0, enc.embed_dim)
 
 
+def test_openvino_encodes_trimmed_prompts(any_model_dir: Path, any_encoder: ClipEncoder, tmp_path: Path) -> None:
+    """Prompts run in OpenVINO on trimmed tokens (the converted text tower takes any length): the vectors match
+    open_clip's own over the full context length, whatever a batch's lengths; torch's model is not kept."""
+    import torch
+
+    enc = _onnx(any_model_dir, tmp_path, "openvino")
+    assert (enc.text_runtime, enc._model) == ("openvino", None)
+    assert enc.text_precision in ("bf16", "fp32")
+    texts = [*TEXTS, "", "a photo of a " + "very " * 8 + "large red circle in the middle of a dark blue background."]
+    tokens = any_encoder._tokenizer(texts)
+    with torch.inference_mode():
+        want = any_encoder._model.encode_text(tokens, normalize=True).float().numpy()
+    for batch in (texts, texts[:2], texts[3:4], texts[-1:]):
+        assert _min_cosine(enc.encode_texts(batch), want[[texts.index(t) for t in batch]]) >= MIN_COSINE
+
+
+def test_openvino_text_falls_back_to_f32_then_torch(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text tower whose probe disagrees with torch is not used: bf16 gives way to f32, and f32 (after converting
+    again once) to torch; the image tower stays in OpenVINO."""
+    real = encoder_module._text_probe_cosine
+    calls: list[float] = []
+
+    def first_fails(text, model, tokenizer):  # type: ignore[no-untyped-def]
+        calls.append(real(text, model, tokenizer))
+        return 0.5 if len(calls) == 1 else calls[-1]
+
+    monkeypatch.setattr(encoder_module, "_openvino_precision", lambda core: "bf16")
+    monkeypatch.setattr(encoder_module, "_text_probe_cosine", first_fails)
+    enc = _onnx(tiny_model_dir, tmp_path / "a", "openvino")
+    assert (enc.text_runtime, enc.text_precision, len(calls)) == ("openvino", "fp32", 2)
+    _assert_matches_torch(enc, encoder)
+
+    monkeypatch.setattr(encoder_module, "_text_probe_cosine", lambda text, model, tokenizer: 0.5)
+    xml, _, _ = encoder_module.trimmed_text_paths(tmp_path / "b", encoder.encoder_id)
+    enc = _onnx(tiny_model_dir, tmp_path / "b", "openvino")
+    assert (enc.runtime, enc.text_runtime, enc.text_precision) == ("openvino", "torch", "fp32")
+    assert enc._model is not None and xml.exists()
+    _assert_matches_torch(enc, encoder)
+
+
+def test_openvino_text_that_cannot_convert_stays_in_torch(tiny_model_dir: Path, encoder: ClipEncoder,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(*args: object) -> None:
+        raise RuntimeError("no converter for this tower")
+
+    monkeypatch.setattr(encoder_module, "_convert_trimmed_text", fails)
+    enc = _onnx(tiny_model_dir, tmp_path, "openvino")
+    assert (enc.runtime, enc.text_runtime) == ("openvino", "torch")
+    _assert_matches_torch(enc, encoder)
+
+
+def test_corrupt_openvino_text_tower_is_rebuilt_not_used(tiny_model_dir: Path, encoder: ClipEncoder,
+                                                         tmp_path: Path) -> None:
+    _onnx(tiny_model_dir, tmp_path, "openvino")
+    xml, weights, manifest = encoder_module.trimmed_text_paths(tmp_path, encoder.encoder_id)
+    stamps = [p.stat().st_mtime_ns for p in (xml, weights, manifest)]
+    _onnx(tiny_model_dir, tmp_path, "openvino")
+    assert [p.stat().st_mtime_ns for p in (xml, weights, manifest)] == stamps  # valid: reused
+    data = bytearray(weights.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+    weights.write_bytes(bytes(data))
+    enc = _onnx(tiny_model_dir, tmp_path, "openvino")
+    assert weights.read_bytes() != bytes(data) and enc.text_runtime == "openvino"
+    assert json.loads(manifest.read_text())["sha256"][weights.name] == file_digest(weights)
+    _assert_matches_torch(enc, encoder)
+
+
 def test_openvino_f32_where_the_cpu_has_no_bf16(tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(encoder_module, "_openvino_precision", lambda core: "f32")
     enc = _onnx(tiny_model_dir, tmp_path, "openvino")
-    assert (enc.runtime, enc.precision) == ("openvino", "fp32")
+    assert (enc.runtime, enc.precision, enc.text_precision) == ("openvino", "fp32", "fp32")
     _assert_matches_torch(enc, encoder)
 
 

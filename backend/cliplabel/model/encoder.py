@@ -8,7 +8,9 @@ towers are exported once per encoder id into a cache directory, checked on every
 and a probe batch that must match torch's embeddings), and rebuilt when the check fails. Prompts run on tokens cut
 after the batch's longest prompt (`trim_tokens`), in torch: the ONNX text tower takes the full context length.
 `runtime="openvino"` compiles the same export with OpenVINO, in bf16 where the CPU has it (AVX-512 BF16 or AMX), and
-is used under the same checks.
+is used under the same checks; its prompts run in OpenVINO too, on trimmed tokens, from a text tower converted by
+OpenVINO's PyTorch front end (which, unlike the ONNX export, keeps the token axis dynamic), cached and checked the
+same way.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +49,13 @@ Runtime = Literal["auto", "torch", "onnx", "openvino"]
 # Bump when the exported graphs change: exports of an older format are then stale and rebuilt.
 _EXPORT_FORMAT = 1
 _OPSET = 17
+# Bump when the trimmed text graph converted for OpenVINO changes.
+_TEXT_IR_FORMAT = 1
+# The text probe: prompts of many lengths (an empty one, one word, a long one), so the check covers the trimmed
+# lengths prompts really have.
+_TEXT_PROBE = ("", "x", "a photo of a cat.", "a drawing of a red square.", "a blurry photo of the large blue circle.",
+               "itap of a green triangle", "a photo of a " + "very " * 8 + "small yellow star on a dark background.",
+               "a close-up photo of the part of a car.")
 # An export whose probe embeddings are further than this from torch's (cosine) is never used: in OpenVINO's bf16 too,
 # which measured 0.99992 on ViT-B-32 (bench/bench_runtime.py).
 _PROBE_MIN_COSINE = 0.9999
@@ -51,6 +63,8 @@ _PROBE_MIN_COSINE = 0.9999
 _ORT_ERRORS: tuple[type[Exception], ...] = tuple(
     getattr(ort.capi.onnxruntime_pybind11_state, name) for name in  # type: ignore[attr-defined]
     ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "RuntimeException"))
+# What OpenVINO's PyTorch front end raises for a graph it cannot convert (each derives from Exception alone).
+_OV_ERRORS: tuple[type[Exception], ...] = (ov.frontend.OpConversionFailure, ov.frontend.GeneralFailure)
 
 
 def resolve_device(requested: str) -> str:
@@ -117,9 +131,11 @@ class ClipEncoder:
                  input_dtype: torch.dtype = torch.float32, towers: OnnxTowers | None = None) -> None:
         # `model` is an open_clip CLIP (typed Any: nn.Module's __getattr__ hides its methods from mypy). With ONNX
         # towers it is kept only for the text tower where torch runs it on trimmed tokens (`trim_tokens`: 7× the
-        # prompts/s of the ONNX text tower, which takes the full context length; bench/RESULTS.md).
+        # prompts/s of the ONNX Runtime text tower, which takes the full context length; bench/RESULTS.md).
         self._trim_text = _trims_text(model)
-        self._model: Any = None if towers is not None and not self._trim_text else model
+        # Prompts run in the towers where their text tower takes the tokens this model's prompts come as.
+        self._text_in_towers = towers is not None and towers.text_input == ("trimmed" if self._trim_text else "full")
+        self._model: Any = None if self._text_in_towers else model
         self._towers = towers
         self._tokenizer = tokenizer
         self._device = torch.device(device)
@@ -176,6 +192,18 @@ class ClipEncoder:
         """The image tower's arithmetic: `fp32`, `fp16` (torch on CUDA) or `bf16` (OpenVINO on CPUs that have it)."""
         if self._towers is not None:
             return self._towers.precision
+        return "fp16" if self._dtype == torch.float16 else "fp32"
+
+    @property
+    def text_runtime(self) -> str:
+        """What encodes prompts: `torch`, or the runtime of the towers."""
+        return self._towers.runtime if self._text_in_towers and self._towers is not None else "torch"
+
+    @property
+    def text_precision(self) -> str:
+        """The text tower's arithmetic (as `precision`)."""
+        if self._text_in_towers and self._towers is not None:
+            return self._towers.text_precision
         return "fp16" if self._dtype == torch.float16 else "fp32"
 
     def encode_images(self, images_u8: np.ndarray) -> np.ndarray:
@@ -240,11 +268,11 @@ class ClipEncoder:
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
         tokens = self._tokenizer(texts)
-        if self._towers is not None and not self._trim_text:
-            with self._lock:
-                return self._towers.texts(tokens.numpy().astype(np.int64, copy=False))
         if self._trim_text:
             tokens = trim_tokens(tokens)
+        if self._text_in_towers and self._towers is not None:
+            with self._lock:
+                return self._towers.texts(tokens.numpy().astype(np.int64, copy=False))
         tokens = tokens.to(self._device)
         with self._lock, torch.inference_mode():
             return _encode_text(self._model, tokens, self._trim_text).float().cpu().numpy()
@@ -255,16 +283,25 @@ class OnnxTowers:
     the graph). Each tower is a call from its one input array to its output array."""
 
     def __init__(self, image: Callable[[np.ndarray], Any], text: Callable[[np.ndarray], Any] | None,
-                 runtime: str = "onnx", precision: str = "fp32") -> None:
+                 runtime: str = "onnx", precision: str = "fp32",
+                 text_input: Literal["full", "trimmed"] | None = "full", text_precision: str = "fp32") -> None:
         # `text` is None where prompts never reach it: the encoder runs them in torch on trimmed tokens.
+        # `text_input`: the text tower takes tokens at the full context length, or cut by `trim_tokens`.
         self._image = image
         self._text = text
         self.runtime = runtime
         self.precision = precision
+        self.text_input = text_input if text is not None else None
+        self.text_precision = text_precision
 
     @property
     def has_text(self) -> bool:
         return self._text is not None
+
+    def with_text(self, text: Callable[[np.ndarray], Any], text_input: Literal["full", "trimmed"],
+                  text_precision: str) -> OnnxTowers:
+        """These towers with another text tower."""
+        return OnnxTowers(self._image, text, self.runtime, self.precision, text_input, text_precision)
 
     def images(self, images_u8: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 RGB → (N, D) float32, L2-normalised."""
@@ -301,6 +338,17 @@ class _TextGraph(torch.nn.Module):
         return self.model.encode_text(tokens, normalize=True)
 
 
+class _TrimmedTextGraph(torch.nn.Module):
+    """(N, L) token ids, L ≤ the context length (`trim_tokens`) → normalised embeddings: `_encode_text`, trimmed."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return _encode_text(self.model, tokens, True)
+
+
 def export_paths(cache_dir: Path, encoder_id: str) -> tuple[Path, Path, Path]:
     """The image tower's, the text tower's and the manifest's files of an encoder's ONNX export."""
     return (cache_dir / f"{encoder_id}-image.onnx", cache_dir / f"{encoder_id}-text.onnx",
@@ -315,21 +363,33 @@ def _expected_manifest(encoder_id: str) -> dict[str, object]:
 def _valid_export(cache_dir: Path, encoder_id: str) -> bool:
     """Whether the cached export exists, is of this encoder and export format, and has the bytes it was written with."""
     image_path, text_path, manifest_path = export_paths(cache_dir, encoder_id)
+    return _valid_files((image_path, text_path), manifest_path, _expected_manifest(encoder_id),
+                        f"onnx export of encoder_id={encoder_id}")
+
+
+def _valid_files(files: Sequence[Path], manifest_path: Path, identity: dict[str, object], what: str) -> bool:
+    """Whether `manifest_path` names `identity` and the SHA-256 of each of `files` as they are now."""
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(manifest, dict) or manifest.get("identity") != _expected_manifest(encoder_id):
-        logger.info("onnx export of encoder_id=%s is stale; rebuilding it", encoder_id)
+    if not isinstance(manifest, dict) or manifest.get("identity") != identity:
+        logger.info("%s is stale; rebuilding it", what)
         return False
     try:
-        digests = {p.name: file_digest(p) for p in (image_path, text_path)}
+        digests = {p.name: file_digest(p) for p in files}
     except OSError:
         return False
     if manifest.get("sha256") != digests:
-        logger.warning("onnx export of encoder_id=%s does not match its manifest (corrupt); rebuilding it", encoder_id)
+        logger.warning("%s does not match its manifest (corrupt); rebuilding it", what)
         return False
     return True
+
+
+def _write_manifest(files: Sequence[Path], manifest_path: Path, identity: dict[str, object]) -> None:
+    """Written last, after the files it names: a crash before it leaves a manifest that no longer matches."""
+    manifest = {"identity": identity, "sha256": {p.name: file_digest(p) for p in files}}
+    write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
 
 
 def _export(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_size: int,
@@ -353,10 +413,44 @@ def _export(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, image_
                 torch.onnx.export(graph.eval(), (example,), str(tmp), opset_version=_OPSET, input_names=[name],
                                   output_names=["emb"], dynamic_axes={name: {0: "n"}, "emb": {0: "n"}}, dynamo=False)
         write_atomic(path, write)
-    manifest = {"identity": _expected_manifest(encoder_id),
-                "sha256": {p.name: file_digest(p) for p in (image_path, text_path)}}
-    write_atomic(manifest_path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    _write_manifest((image_path, text_path), manifest_path, _expected_manifest(encoder_id))
     logger.info("exported encoder_id=%s to onnx in %.1fs", encoder_id, time.perf_counter() - started)
+
+
+def trimmed_text_paths(cache_dir: Path, encoder_id: str) -> tuple[Path, Path, Path]:
+    """The OpenVINO model (IR: graph and weights) of an encoder's trimmed text tower, and its manifest."""
+    stem = cache_dir / f"{encoder_id}-text-trimmed"
+    return stem.with_suffix(".xml"), stem.with_suffix(".bin"), cache_dir / f"{encoder_id}-text-trimmed-manifest.json"
+
+
+def _trimmed_text_identity(encoder_id: str) -> dict[str, object]:
+    return {"format": _TEXT_IR_FORMAT, "encoder_id": encoder_id, "torch": torch.__version__,
+            "open_clip": open_clip.__version__, "openvino": ov.__version__}
+
+
+def _convert_trimmed_text(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str) -> None:
+    """Converts the trimmed text tower with OpenVINO's PyTorch front end (token axis dynamic) and caches it."""
+    started = time.perf_counter()
+    xml_path, bin_path, manifest_path = trimmed_text_paths(cache_dir, encoder_id)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    example = trim_tokens(tokenizer(["a photo.", "a photo of a thing."]))
+    # The front end traces with torch.jit, which warns that it is deprecated: not ours to act on.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(_TrimmedTextGraph(model).eval(), example_input=example,
+                                     input=[ov.PartialShape([-1, -1])])
+    # The IR is two files that name each other by stem: written side by side in a private folder, then moved.
+    staging = cache_dir / f".{encoder_id}-text-trimmed.{uuid.uuid4().hex}.tmp"
+    staging.mkdir()
+    try:
+        ov.save_model(converted, str(staging / "text.xml"), compress_to_fp16=False)
+        os.replace(staging / "text.bin", bin_path)
+        os.replace(staging / "text.xml", xml_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _write_manifest((xml_path, bin_path), manifest_path, _trimmed_text_identity(encoder_id))
+    logger.info("converted the text tower of encoder_id=%s for openvino in %.1fs", encoder_id,
+                time.perf_counter() - started)
 
 
 def _sessions(cache_dir: Path, encoder_id: str, threads: int) -> OnnxTowers:
@@ -377,18 +471,68 @@ def _openvino_precision(core: ov.Core) -> Literal["bf16", "f32"]:
     return "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
 
 
+def _openvino_config(threads: int, precision: str) -> dict[str, object]:
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+
+
 def _compiled(cache_dir: Path, encoder_id: str, threads: int, with_text: bool) -> OnnxTowers:
     """The export compiled by OpenVINO for the CPU, at `_openvino_precision`."""
     core = ov.Core()
     precision = _openvino_precision(core)
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     image_path, text_path, _ = export_paths(cache_dir, encoder_id)
-    image = core.compile_model(str(image_path), "CPU", config)
-    # The text tower stays f32: in bf16 it gave cosine 0.9998 to torch on the tiny test model (bench/bench_runtime.py
-    # --extras openvino-bf16), under the probe's bar, and prompts are encoded once per label set.
-    text = core.compile_model(str(text_path), "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}) if with_text else None
+    image = core.compile_model(str(image_path), "CPU", _openvino_config(threads, precision))
+    # The full-length text tower (models whose prompts cannot be trimmed) stays f32: prompts are encoded once per
+    # label set, and these towers are rare.
+    text = core.compile_model(str(text_path), "CPU", _openvino_config(threads, "f32")) if with_text else None
     return OnnxTowers(lambda x: image(x)[0], None if text is None else lambda t: text(t)[0], "openvino",
                       "bf16" if precision == "bf16" else "fp32")
+
+
+def _text_probe_cosine(text: Callable[[np.ndarray], Any], model: Any, tokenizer: Any) -> float:
+    """The lowest cosine between a trimmed text tower's and torch's embeddings of `_TEXT_PROBE`, in batches of one
+    length and of many."""
+    tokens = tokenizer(list(_TEXT_PROBE))
+    lowest = 1.0
+    for batch in (tokens, tokens[:3], tokens[6:7]):
+        trimmed = trim_tokens(batch)
+        with torch.inference_mode():
+            want = _encode_text(model, trimmed, True).float().numpy()
+        got = np.asarray(text(trimmed.numpy().astype(np.int64)), dtype=np.float32)
+        lowest = min(lowest, float(np.min(np.sum(got * want, axis=1))))
+    return lowest
+
+
+def _openvino_trimmed_text(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, threads: int
+                           ) -> tuple[Callable[[np.ndarray], Any], str] | None:
+    """The trimmed text tower in OpenVINO and its precision, or None (prompts then stay in torch).
+
+    bf16 where the CPU has it and the probe agrees with torch (cosine ≥ `_PROBE_MIN_COSINE`; on the tiny `framed`
+    test model it does not: 0.9998), else f32 under the same probe. A cached conversion that fails it is converted
+    again once.
+    """
+    core = ov.Core()
+    xml_path, bin_path, manifest_path = trimmed_text_paths(cache_dir, encoder_id)
+    what = f"openvino text tower of encoder_id={encoder_id}"
+    precisions = ["bf16", "f32"] if _openvino_precision(core) == "bf16" else ["f32"]
+    for attempt in range(2):
+        try:
+            if attempt or not _valid_files((xml_path, bin_path), manifest_path, _trimmed_text_identity(encoder_id),
+                                           what):
+                _convert_trimmed_text(model, tokenizer, cache_dir, encoder_id)
+            for precision in precisions:
+                compiled = core.compile_model(str(xml_path), "CPU", _openvino_config(threads, precision))
+
+                def text(t: np.ndarray, compiled: Any = compiled) -> Any:
+                    return compiled(t)[0]
+
+                cosine = _text_probe_cosine(text, model, tokenizer)
+                if cosine >= _PROBE_MIN_COSINE:
+                    return text, "bf16" if precision == "bf16" else "fp32"
+                logger.info("%s in %s gives cosine %.6f to torch", what, precision, cosine)
+        except (RuntimeError, ValueError, TypeError, OSError, *_OV_ERRORS) as exc:  # type: ignore[misc]
+            logger.warning("%s could not be built or run (%s)", what, exc)
+    logger.warning("%s disagrees with torch; prompts are encoded in torch", what)
+    return None
 
 
 def _probe_cosine(towers: OnnxTowers, model: Any, tokenizer: Any, image_size: int,
@@ -411,8 +555,8 @@ def onnx_towers(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, im
 
     An export is used only if its files match its manifest (encoder id, export format, torch and open_clip versions,
     SHA-256 of each file) and its probe embeddings in `runtime` match torch's (cosine ≥ 0.9999); otherwise it is
-    rebuilt once. OpenVINO compiles the text tower (in f32) only for models whose prompts do not run in torch
-    (`_trims_text`).
+    rebuilt once. OpenVINO runs prompts too: trimmed (`_openvino_trimmed_text`) for models whose prompts can be
+    trimmed (`_trims_text`), else the export's full-length text tower in f32.
 
     Raises:
         SettingsError: the model cannot be exported, or a fresh export still disagrees with torch.
@@ -436,6 +580,10 @@ def onnx_towers(model: Any, tokenizer: Any, cache_dir: Path, encoder_id: str, im
                            exc)
             cosine = -1.0
         if cosine >= _PROBE_MIN_COSINE:
+            if runtime == "openvino" and _trims_text(model):
+                text = _openvino_trimmed_text(model, tokenizer, cache_dir, encoder_id, threads)
+                if text is not None:
+                    towers = towers.with_text(text[0], "trimmed", text[1])
             return towers
         logger.warning("onnx export of encoder_id=%s gives cosine %.6f to torch in %s; rebuilding it", encoder_id,
                        cosine, runtime)
@@ -514,6 +662,7 @@ def load_encoder(model_name: str, pretrained: str | None, device: str = "auto",
                              torch_threads or torch.get_num_threads(), chosen)
     enc = ClipEncoder(model, tokenizer, dev, encoder_id, slug, image_size, mean, std, resize_mode,
                       torch.float16 if half else torch.float32, towers)
-    logger.info("loaded model=%s device=%s runtime=%s precision=%s encoder_id=%s image_size=%d in %.2fs", model_name,
-                dev, chosen, enc.precision, encoder_id, image_size, time.perf_counter() - started)
+    logger.info("loaded model=%s device=%s runtime=%s precision=%s text=%s/%s encoder_id=%s image_size=%d in %.2fs",
+                model_name, dev, chosen, enc.precision, enc.text_runtime, enc.text_precision, encoder_id, image_size,
+                time.perf_counter() - started)
     return enc
