@@ -330,23 +330,16 @@ class _ImageGraph(torch.nn.Module):
 
 
 class _TextGraph(torch.nn.Module):
-    def __init__(self, model: Any) -> None:
+    """(N, L) token ids → normalised embeddings (`_encode_text`): L is the context length, or with `trimmed` any
+    length up to it (`trim_tokens`)."""
+
+    def __init__(self, model: Any, trimmed: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.trimmed = trimmed
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens, normalize=True)
-
-
-class _TrimmedTextGraph(torch.nn.Module):
-    """(N, L) token ids, L ≤ the context length (`trim_tokens`) → normalised embeddings: `_encode_text`, trimmed."""
-
-    def __init__(self, model: Any) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return _encode_text(self.model, tokens, True)
+        return _encode_text(self.model, tokens, self.trimmed)
 
 
 def export_paths(cache_dir: Path, encoder_id: str) -> tuple[Path, Path, Path]:
@@ -437,7 +430,7 @@ def _convert_trimmed_text(model: Any, tokenizer: Any, cache_dir: Path, encoder_i
     # The front end traces with torch.jit, which warns that it is deprecated: not ours to act on.
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        converted = ov.convert_model(_TrimmedTextGraph(model).eval(), example_input=example,
+        converted = ov.convert_model(_TextGraph(model, trimmed=True).eval(), example_input=example,
                                      input=[ov.PartialShape([-1, -1])])
     # The IR is two files that name each other by stem: written side by side in a private folder, then moved.
     staging = cache_dir / f".{encoder_id}-text-trimmed.{uuid.uuid4().hex}.tmp"
