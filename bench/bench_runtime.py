@@ -25,7 +25,14 @@ Rows:
   text tower over the full context length;
 - `--extras openvino-bf16`: the same with OpenVINO's bf16 precision hint (CPUs with AVX-512 BF16 or AMX).
 Also the cosine of each runtime's embeddings to torch's (lowest over the batch and the prompts), and the one-time
-cost of preparing it (export or quantisation or compilation). Speed does not depend on weight values, so models
+cost of preparing it (export or quantisation or compilation).
+
+The fp32 ceiling (after the table; `--no-ceiling` skips it): the image tower's FLOPs per image (torch's
+FlopCounterMode, a matrix product of M×K by K×N counted as 2·M·K·N), each image row's GFLOP/s, and the fastest fp32
+matrix product measured on this machine with the same threads (torch.matmul at the tower's own GEMM shapes and at
+2048³; median of `--repeats`). No fp32 runtime computes the tower's products faster than the machine multiplies
+matrices, so `2 × torch's GFLOP/s ÷ that rate` says whether 2× torch in fp32 is possible here at all (above 100 %:
+not without doing less arithmetic, e.g. int8 or bf16). Speed does not depend on weight values, so models
 without a local checkpoint run with random weights (the same seed in every load).
 """
 
@@ -113,6 +120,45 @@ def openvino_runtime(image: Path, text: Path, threads: int, precision: str = "f3
                    lambda t: np.asarray(compiled[1](t)[0], np.float32), time.perf_counter() - started)
 
 
+def tower_gflop_per_image(visual: torch.nn.Module, image_size: int) -> float:
+    """The image tower's FLOPs per image in torch's own count (2·M·K·N per matrix product), over a batch of 2.
+
+    Counted with gradients on: under inference mode nn.MultiheadAttention takes a fused kernel that FlopCounterMode
+    does not see (its q/k/v and output projections, a quarter of a ViT's products, would go uncounted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        visual(torch.randn(2, 3, image_size, image_size))
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def gemm_gflops(vit: tuple[int, int] | None, batch: int, threads: int, repeats: int) -> tuple[float, str]:
+    """The fastest fp32 matrix product torch computes on this machine (GFLOP/s, median of `repeats` runs of ≥ 1 s)
+    among 2048³ and, for a ViT of (width, tokens), its own shapes at `batch` images (tokens·batch × width by
+    width × 4·width, and back), and the shape that gave it."""
+    torch.set_num_threads(threads)
+    shapes = [(2048, 2048, 2048)]
+    if vit is not None:
+        width, m = vit[0], vit[1] * batch
+        shapes += [(m, width, 4 * width), (m, 4 * width, width), (m, width, width)]
+    best, best_shape = 0.0, ""
+    for rows, inner, cols in shapes:
+        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+        torch.matmul(a, b)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        n = max(1, math.ceil(1.0 / (time.perf_counter() - t0)))
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                torch.matmul(a, b)
+            rates.append(2 * rows * inner * cols * n / (time.perf_counter() - t0) / 1e9)
+        if statistics.median(rates) > best:
+            best, best_shape = statistics.median(rates), f"{rows}×{inner} · {inner}×{cols}"
+    return best, best_shape
+
+
 def measure(name: str, args: argparse.Namespace, cache: Path) -> tuple[list[Runtime], dict[str, float]]:
     model = f"local-dir:{tinyclip.ensure_model()}" if name == "tiny" else name
     tokenizer = open_clip.get_tokenizer(model)
@@ -191,7 +237,14 @@ def measure(name: str, args: argparse.Namespace, cache: Path) -> tuple[list[Runt
             got_img, got_txt = rt.images(batch), rt.tokens(tokens)
             cosines[rt.name] = min(float(np.min(np.sum(got_img * want_img, axis=1))),
                                    float(np.min(np.sum(got_txt * want_txt, axis=1))))
-    return runtimes, cosines
+    ceiling = None
+    if args.ceiling:
+        visual = open_clip.create_model(model).visual  # the same architecture: its FLOPs and shapes
+        vit = (int(visual.transformer.width), int(np.prod(visual.grid_size)) + 1) if hasattr(visual, "grid_size") \
+            else None
+        ceiling = (tower_gflop_per_image(visual, torch_enc.image_size),
+                   *gemm_gflops(vit, args.batch, args.threads, args.repeats))
+    return runtimes, cosines, ceiling
 
 
 def main() -> int:
@@ -201,6 +254,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=10.0, help="torch's work per tower over all repeats")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="skip the fp32 ceiling (FLOPs per image and the machine's fastest fp32 matrix product)")
     parser.add_argument("--extras", default="spin,int8,openvino",
                         help="extra rows: spin, int8, openvino, openvino-bf16 (comma-separated)")
     args = parser.parse_args()
@@ -209,9 +264,12 @@ def main() -> int:
     print("| model | tower | runtime | per s | ÷ torch fp32: median (per-repeat min–max) | cosine to torch (min) "
           "| prepare s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    ceilings = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            runtimes, cosines = measure(name, args, Path(tmp) / "onnx")
+            runtimes, cosines, ceiling = measure(name, args, Path(tmp) / "onnx")
+            if ceiling is not None:
+                ceilings.append((name, runtimes, *ceiling))
             base = runtimes[0]
             for tower, attr in (("images", "img_rates"), ("prompts", "txt_rates")):
                 ref: list[float] = getattr(base, attr)
@@ -221,6 +279,18 @@ def main() -> int:
                     ratio = statistics.median(rates) / statistics.median(ref)
                     print(f"| {name} | {tower} | {rt.name} | {spread(rates)} | {ratio:.2f}× "
                           f"({min(per_rep):.2f}–{max(per_rep):.2f}) | {cosines[rt.name]:.7f} | {rt.prepare_s:.1f} |")
+    if ceilings:
+        print(f"\nfp32 ceiling: the image tower's arithmetic against the fastest fp32 matrix product on this machine "
+              f"({args.threads} threads, torch.matmul)")
+        print("| model | GFLOP per image | runtime | images: GFLOP/s | share of the fp32 matmul rate |")
+        print("| --- | --- | --- | --- | --- |")
+        for name, runtimes, gflop, gemm, shape in ceilings:
+            for rt in runtimes:
+                rate = statistics.median(rt.img_rates) * gflop
+                print(f"| {name} | {gflop:.2f} | {rt.name} | {rate:.1f} | {100 * rate / gemm:.0f} % |")
+            need = 2 * statistics.median(runtimes[0].img_rates) * gflop
+            print(f"| {name} | {gflop:.2f} | fastest fp32 matmul ({shape}) | {gemm:.1f} | 100 % |")
+            print(f"| {name} | {gflop:.2f} | 2× torch fp32 would need | {need:.1f} | {100 * need / gemm:.0f} % |")
     return 0
 
 

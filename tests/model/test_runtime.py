@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import openvino as ov
 import pytest
 
 from cliplabel.core.errors import SettingsError
@@ -285,14 +286,26 @@ def test_consistent_but_wrong_export_is_rebuilt(tiny_model_dir: Path, plain_mode
 
 
 @pytest.mark.parametrize(("runtime", "device", "expected"), [
-    ("auto", "cpu", "onnx"),  # the faster CPU runtime in bench/bench_runtime.py
     ("auto", "cuda", "torch"),  # ONNX Runtime's CUDA provider is not used
     ("torch", "cpu", "torch"),
     ("onnx", "cpu", "onnx"),
-    ("openvino", "cpu", "openvino"),  # opt-in only: `auto` never picks a bf16 runtime
+    ("openvino", "cpu", "openvino"),
 ])
 def test_resolve_runtime(runtime: str, device: str, expected: str) -> None:
     assert resolve_runtime(runtime, device) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("cpu_precision", "expected"), [("bf16", "openvino"), ("f32", "torch")])
+def test_auto_runtime_is_openvino_only_where_the_cpu_has_bf16(monkeypatch: pytest.MonkeyPatch, cpu_precision: str,
+                                                              expected: str) -> None:
+    # bench/bench_runtime.py: OpenVINO bf16 2.2-3.5x torch; no fp32 runtime gains enough to pay for an export.
+    monkeypatch.setattr(encoder_module, "_openvino_precision", lambda core: cpu_precision)
+    assert resolve_runtime("auto", "cpu") == expected
+
+
+def test_auto_runtime_reads_this_cpu() -> None:
+    bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert resolve_runtime("auto", "cpu") == ("openvino" if bf16 else "torch")
 
 
 @pytest.mark.parametrize("runtime", ["onnx", "openvino"])

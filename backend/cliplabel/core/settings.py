@@ -78,9 +78,9 @@ class Settings(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=4096)
     fetch_workers: int = Field(default=8, ge=1, le=256)
     torch_threads: int | None = Field(default=None, ge=1, le=1024)
-    # What runs the encoder's forward passes: `auto` is ONNX Runtime on the CPU, torch on CUDA. The default stays torch
-    # until ONNX Runtime's gain is clear here (bench/bench_runtime.py; bench/RESULTS.md). `openvino` (CPU) is opt-in
-    # only: in bf16 on CPUs that have it, so its vectors are torch's to a cosine of 0.9999, not bit for bit.
+    # What runs the encoder's forward passes. `auto` is OpenVINO on CPUs with native bf16 (2-3.5x torch there), torch
+    # elsewhere (bench/bench_runtime.py; bench/RESULTS.md). The default stays torch: OpenVINO's bf16 vectors are
+    # torch's to a cosine of 0.9999, not bit for bit, and its first load exports and converts the model (~20 s).
     runtime: Literal["auto", "torch", "onnx", "openvino"] = "torch"
     microbatch: bool = True
     decode: Literal["auto", "cpu", "device"] = "auto"
