@@ -239,7 +239,7 @@ def measure(name: str, args: argparse.Namespace, cache: Path) -> tuple[list[Runt
                                    float(np.min(np.sum(got_txt * want_txt, axis=1))))
     ceiling = None
     if args.ceiling:
-        visual = open_clip.create_model(model).visual  # the same architecture: its FLOPs and shapes
+        visual = open_clip.create_model(model).visual.eval()  # the same architecture: its FLOPs and shapes
         vit = (int(visual.transformer.width), int(np.prod(visual.grid_size)) + 1) if hasattr(visual, "grid_size") \
             else None
         ceiling = (tower_gflop_per_image(visual, torch_enc.image_size),
