@@ -10,7 +10,6 @@ from types import ModuleType
 
 import open_clip
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +41,6 @@ def test_tower_flops_count_the_attention_projections(bench_runtime: ModuleType) 
     got = bench_runtime.tower_gflop_per_image(model.visual, 224)
     # Within 2 %: torch's counter does not see the attention scores (1 % of this tower).
     assert want * 0.98 <= got <= want, (got, want)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:  # what the fused kernel would hide
-        model.visual(torch.randn(2, 3, 224, 224))
-    assert counter.get_total_flops() / 2 / 1e9 < 0.75 * got
 
 
 def test_gemm_rate_is_positive_and_names_its_shape(bench_runtime: ModuleType) -> None:

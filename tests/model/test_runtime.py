@@ -303,6 +303,24 @@ def test_auto_runtime_is_openvino_only_where_the_cpu_has_bf16(monkeypatch: pytes
     assert resolve_runtime("auto", "cpu") == expected
 
 
+def test_auto_runtime_falls_back_to_torch_where_its_pick_cannot_serve(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, encoder: ClipEncoder, tmp_path: Path) -> None:
+    """A bf16 CPU whose OpenVINO vectors miss the probe: `auto` serves in torch; `openvino` asked for by name is
+    refused as before."""
+    monkeypatch.setattr(encoder_module, "_openvino_precision", lambda core: "bf16")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise SettingsError("the ONNX export of this model disagrees with torch in openvino (cosine 0.99980 < 0.9999)")
+
+    monkeypatch.setattr(encoder_module, "onnx_towers", refuse)
+    enc = load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu", runtime="auto", cache_dir=tmp_path)
+    assert enc.runtime == "torch"
+    _assert_matches_torch(enc, encoder)
+    with pytest.raises(SettingsError, match="disagrees with torch"):
+        load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu", runtime="openvino", cache_dir=tmp_path)
+    assert load_encoder(f"local-dir:{tiny_model_dir}", None, "cpu", runtime="auto").runtime == "torch"
+
+
 def test_auto_runtime_reads_this_cpu() -> None:
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     assert resolve_runtime("auto", "cpu") == ("openvino" if bf16 else "torch")

@@ -84,7 +84,8 @@ def test_after_40_annotated_scenes_false_boxes_fall_by_40_percent_and_ap50_holds
     version = services.feedback.train_project(PID)
     after = _box_scores(services, held)
     assert version is not None and "verifier" in version.note, version
-    # One annotation stream: at least 40 % fewer false boxes (here framed 0.87 → 0.45, plain 1.02 → 0.38). The issue's
+    # One annotation stream: at least 40 % fewer false boxes (framed 0.87 → 0.45 and 1.02 → 0.42, plain 1.02 → 0.38 and
+    # 1.03 → 0.27 with tiny CLIPs trained on two machines). The issue's
     # "at least halved" is the mean over three streams in `bench/bench_learning.py`, which prints it as PASS/FAIL.
     assert after.fp_per_image <= 0.6 * before.fp_per_image, (before, after)
     assert after.ap50 >= before.ap50, (before, after)

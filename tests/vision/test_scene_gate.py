@@ -87,3 +87,16 @@ def test_choice_needs_fewer_false_boxes_on_clearly_more_scenes() -> None:
     assert scene_gate.choose(lucky, current).candidate is None
     clear = {(0, 0.9): _per_scene(0.6, [1, 1, 1, 1, 1, 1])}  # better on all 6 (6 ≥ √6)
     assert scene_gate.choose(clear, current).candidate == 0
+
+
+def test_choice_weighs_how_much_work_each_scene_saves_not_only_where() -> None:
+    """Paired on the amounts: three scenes rid of three false boxes each outweigh two scenes with one more (a sign
+    test, 3 against 2, refused it), and nine scenes saved one box do not excuse one scene given eight (a sign test, 9
+    against 1, took it)."""
+    current = _per_scene(0.6, [3, 3, 3, 0, 0, 0, 0, 0, 0, 0])
+    cleaner = {(0, 0.9): _per_scene(0.6, [0, 0, 0, 1, 1, 0, 0, 0, 0, 0])}
+    assert scene_gate.choose(cleaner, current).candidate == 0
+    current = _per_scene(0.6, [1, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+    one_wrecked = {(0, 0.9): _per_scene(0.6, [0, 0, 0, 0, 0, 0, 0, 0, 0, 8])}
+    got = scene_gate.choose(one_wrecked, current)
+    assert got.candidate is None and "not clearly better" in got.reason
